@@ -1,0 +1,317 @@
+"""The `cnnvis` command: `run` (a Hydra app), `list`, `demo train`, `--version`.
+
+This is the only module that imports Hydra. Before a run starts, its overrides are composed once here, so a
+typo in a config name, key or value ends as one line on standard error and exit code 2, before any heavy
+work. Standard output carries only what a shell script needs: the run directory (or JSON lines).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cnnvis_cli import __version__
+from cnnvis_cli.errors import UserError, unknown_name
+
+GROUPS = ("model", "dataset", "selection", "technique")
+LISTABLE = ("models", "techniques", "datasets", "selections", "layers")
+USAGE = f"""usage: cnnvis COMMAND [ARGS]
+
+commands:
+  run [OVERRIDES]          run a model over a test set and explain its failures (Hydra flags work:
+                           --help, --cfg job, -m, -cd DIR, --info); `cnnvis run` alone runs the demo
+  list {{{'|'.join(LISTABLE)}}} [OVERRIDES]
+                           show what can be chosen; `cnnvis list layers model=vgg16`
+  demo train [--help]      retrain the embedded demo model
+  --version                print the version
+
+example: cnnvis run model=resnet18 technique=[gradcam,scorecam] dataset=imagefolder dataset.root=~/data/val
+"""
+
+
+def config_dir() -> Path:
+    """`conf/`: inside the package when installed from a wheel, beside it in a source checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise RuntimeError(f"cnnvis configs not found beside {package}; reinstall the package")
+
+
+SCHEMA_NAME = "cnnvis_schema"
+
+
+def register_schema() -> None:
+    """Put the typed schema in Hydra's ConfigStore; `conf/config.yaml` starts its defaults list with it,
+    so every key of every group exists (and is type-checked) before the YAML options merge in."""
+    from hydra.core.config_store import ConfigStore
+
+    from cnnvis_cli.config import RunConfig
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=RunConfig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command, rest = (args[0], args[1:]) if args else ("--help", [])
+    try:
+        if command in ("-h", "--help", "help"):
+            sys.stdout.write(USAGE)
+            return 0
+        if command in ("-V", "--version"):
+            print(f"cnnvis {__version__}")
+            return 0
+        if command == "run":
+            return _run(rest)
+        if command == "list":
+            return _list(rest)
+        if command == "demo":
+            return _demo(rest)
+        raise unknown_name("command", command, ("run", "list", "demo"), "cnnvis --help")
+    except UserError as error:
+        return fail(error)
+    except KeyboardInterrupt:
+        print("cnnvis: interrupted", file=sys.stderr)
+        return 130
+
+
+def fail(error: UserError) -> int:
+    """Print a user's mistake as one line on standard error; exit code 2."""
+    print(f"cnnvis: error: {error}", file=sys.stderr)
+    return 2
+
+
+# --- run ------------------------------------------------------------------------------------------
+
+
+def _run(argv: list[str]) -> int:
+    register_schema()
+    check_overrides(argv)
+    app = _hydra_app()
+    saved_argv = sys.argv
+    sys.argv = ["cnnvis run", *argv]
+    try:
+        app()
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
+def _hydra_app():
+    import hydra
+    from omegaconf import DictConfig
+
+    @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+    def cnnvis_run(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from cnnvis_cli.config import load_run_config
+        from cnnvis_cli.pipeline import run
+
+        try:
+            run_config = load_run_config(cfg)
+            result = run(run_config, Path(HydraConfig.get().runtime.output_dir))
+        except UserError as error:
+            sys.exit(fail(error))
+        _report(result.summary, result.run_dir)
+        if run_config.stdout == "jsonl":
+            for record in result.records:
+                print(json.dumps(record, ensure_ascii=False))
+        else:
+            print(result.run_dir)
+        sys.stdout.flush()
+
+    return cnnvis_run
+
+
+def _report(summary: dict, run_dir: Path) -> None:
+    from cnnvis_cli.progress import stderr_console
+
+    accuracy = summary["accuracy"]
+    selection = summary["selection"]
+    reasons = ", ".join(f"{name} {count}" for name, count in selection["selected_by_reason"].items())
+    lines = [
+        f"[bold]{summary['samples']}[/] samples"
+        + (f", accuracy [bold]{accuracy:.1%}[/]" if accuracy is not None else " (unlabelled)")
+        + (f", [yellow]{summary['unreadable']} unreadable[/] (errors.csv)" if summary["unreadable"] else ""),
+        f"selected [bold]{selection['selected']}[/]" + (f" ({reasons})" if reasons else "")
+        + f"; {summary['heatmaps']} heatmaps with {', '.join(summary['techniques'])}",
+        f"{summary['seconds']['total']:.1f} s on {summary['device']}; results in {run_dir}",
+    ]
+    if not selection["selected"]:
+        lines[1] = "no sample met the selection criteria: nothing to explain"
+    for line in lines:
+        stderr_console.print(line, highlight=False, soft_wrap=True)
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Compose the config that `argv` asks for (each choice of a sweep) and validate it; raise UserError."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return  # Hydra reports its own usage errors
+    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.config_path \
+            or args.experimental_rerun:
+        return
+    try:
+        overrides = OverridesParser.create().parse_overrides(args.overrides)
+    except HydraException as error:
+        raise UserError(f"cannot parse the overrides: {_first_line(str(error))}") from error
+    first = [_override_with(o, None) for o in overrides]
+    variants = [first]
+    for position, override in enumerate(overrides):
+        if override.is_sweep_override() and override.key_or_group in GROUPS:
+            for value in list(override.sweep_string_iterator())[1:]:
+                variants.append([*first[:position], _override_with(override, value), *first[position + 1:]])
+    for variant in variants:
+        if args.config_dir:
+            variant = [*variant, f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]"]
+        _validate(compose(variant, args.config_name or "config"))
+
+
+def _override_with(override, value: str | None) -> str:
+    """The override as a string, with its first sweep value (or `value`) in place of a sweep."""
+    if override.is_delete():
+        return override.input_line
+    if value is None:
+        value = next(iter(override.sweep_string_iterator())) if override.is_sweep_override() \
+            else override.get_value_element_as_str()
+    return f"{override.get_key_element()}={value}"
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config"):
+    """The config `cnnvis run OVERRIDES` would get, without running; UserError on any mistake."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+
+    register_schema()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="cnnvis"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except MissingConfigException as error:
+        group, _, name = str(error.missing_cfg_file).rpartition("/")
+        if group in GROUPS and error.options:
+            raise unknown_name(group, name, error.options, f"cnnvis list {group}s") from error
+        raise UserError(_first_line(str(error))) from error
+    except ConfigCompositionException as error:
+        raise _composition_error(error) from error
+    except HydraException as error:
+        raise UserError(_first_line(str(error))) from error
+
+
+def _composition_error(error: Exception) -> UserError:
+    """One line for a bad key or value, found in an override or in a config file."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    from cnnvis_cli.config import unknown_key
+
+    text, cause = str(error), error.__cause__
+    found = re.search(r"full_key: (\S+)", f"{text}\n{cause}")
+    full_key = getattr(cause, "full_key", None) or (found.group(1) if found else None)
+    where = re.match(r"In '([^']+)'", text)
+    prefix = f"in config file {where.group(1)}.yaml: " if where else ""
+    if full_key and (isinstance(cause, ValidationError) or "ValidationError" in text):
+        detail = _first_line(getattr(cause, "msg", None) or text.split("\n", 1)[-1])
+        return UserError(f"{prefix}invalid value for '{full_key}': {detail}")
+    if full_key and (isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or "Key '" in text):
+        return UserError(f"{prefix}{unknown_key(str(full_key))}")
+    return UserError(_first_line(text))
+
+
+def _validate(cfg) -> None:
+    from cnnvis_cli.config import load_run_config
+
+    load_run_config(cfg)
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), text)
+
+
+# --- list -----------------------------------------------------------------------------------------
+
+
+def _list(argv: list[str]) -> int:
+    if not argv or argv[0] not in LISTABLE:
+        raise UserError(f"usage: cnnvis list {{{'|'.join(LISTABLE)}}}" if not argv else
+                        str(unknown_name("list", argv[0], LISTABLE)))
+    what, overrides = argv[0], argv[1:]
+    if what == "layers":
+        return _list_layers(overrides)
+    if what == "techniques":
+        from cnnvis_cli.techniques import TECHNIQUES
+
+        _print_table([(name, technique.summary) for name, technique in TECHNIQUES.items()])
+        return 0
+    rows = _options(what[:-1])
+    if what == "models":
+        from cnnvis_cli.models import torchvision_model_names
+
+        names = torchvision_model_names()
+        _print_table(rows)
+        print(f"\nany of torchvision's {len(names)} classifiers: model=torchvision model.name=NAME, "
+              f"NAME one of {', '.join(names)}")
+    elif what == "selections":
+        from cnnvis_cli.selection import CRITERIA_HELP
+
+        _print_table(rows)
+        print("\ncriteria (selection.criteria=[...], combined with selection.mode=any|all):")
+        _print_table(list(CRITERIA_HELP.items()))
+    else:
+        _print_table(rows)
+    return 0
+
+
+def _options(group: str) -> list[tuple[str, str]]:
+    """The option files of a config group, with the first comment line of each as its description."""
+    rows = []
+    for path in sorted((config_dir() / group).glob("*.yaml")):
+        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+        rows.append((path.stem, first.lstrip("# ").strip() if first.startswith("#") else ""))
+    return rows
+
+
+def _print_table(rows: list[tuple[str, str]]) -> None:
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, description in rows:
+        print(f"  {name:<{width}}  {description}".rstrip())
+
+
+def _list_layers(overrides: list[str]) -> int:
+    from cnnvis_cli.config import load_run_config
+    from cnnvis_cli.models import inspect_layers, load_model
+
+    cfg = load_run_config(compose(overrides))
+    loaded = load_model(cfg.model)
+    layers, _ = inspect_layers(loaded.module, loaded.preprocess.input_size)
+    print(f"layers of {loaded.name} with a spatial output at {loaded.preprocess.input_size} px "
+          f"(* = target layer; choose another with model.target_layer=NAME):")
+    width = max(len(layer.name) for layer in layers)
+    for layer in layers:
+        mark = "*" if layer.name == loaded.target_layer else " "
+        shape = " x ".join(map(str, layer.shape))
+        print(f"{mark} {layer.name:<{width}}  {layer.kind:<20} {shape}")
+    return 0
+
+
+# --- demo -----------------------------------------------------------------------------------------
+
+
+def _demo(argv: list[str]) -> int:
+    if not argv or argv[0] != "train":
+        raise UserError("usage: cnnvis demo train [--help]")
+    from cnnvis_cli.demo.train import main as train_main
+
+    return train_main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Typed schema of a run's configuration, and its validation.
+
+Hydra composes YAML files from `conf/` into a DictConfig; `load_run_config` checks it against these
+dataclasses (an unknown key or a value of the wrong type is an error) and against the rules that types
+cannot say (ranges, known names), and returns a plain `RunConfig`. Nothing here imports Hydra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from cnnvis_cli.errors import UserError, close_matches, unknown_name
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+STDOUT_MODES = ("path", "jsonl")
+SELECTION_MODES = ("any", "all")
+SELECTION_ORDERS = ("least_confident", "highest_loss", "random")
+COLORMAPS = (
+    "autumn", "bone", "jet", "winter", "rainbow", "ocean", "summer", "spring", "cool", "hsv", "pink",
+    "hot", "parula", "magma", "inferno", "plasma", "viridis", "cividis", "twilight", "turbo",
+)
+
+
+@dataclass
+class ModelConfig:
+    """Which network to explain and how to feed it."""
+
+    name: str = MISSING  # a torchvision architecture, or the name of a custom or demo model
+    source: str = "torchvision"  # torchvision | custom | demo
+    weights: str | None = None  # DEFAULT, a weights enum name such as IMAGENET1K_V1, or null
+    checkpoint: str | None = None  # a state dict: .pt / .pth (loaded with weights_only) or .safetensors
+    num_classes: int | None = None
+    class_names: Any = None  # a list of names, "imagenet", "dataset", or null (from the weights)
+    target_layer: str | None = None  # null: the last layer whose output is a spatial feature map
+    factory: str | None = None  # custom: "package.module:callable" returning an nn.Module
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    input_size: int | None = None  # side of the square crop fed to the model
+    resize_size: int | None = None  # shorter side before the centre crop
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+@dataclass
+class DatasetConfig:
+    """Which test set to run over."""
+
+    name: str = "demo"  # demo | imagefolder | files | cifar10 | fashion_mnist | imagenette
+    root: str | None = None
+    split: str = "test"
+    download: bool = False
+    extensions: list[str] = field(
+        default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
+    )
+    list_file: str | None = None  # files: one "path" or "path,label" per line; "-" reads standard input
+    class_names: list[str] | None = None  # files: the label names, in index order
+    size: str = "full"  # imagenette: full | 320px | 160px
+    limit: int | None = None  # a seeded random subset of this many samples
+    batch_size: int = 32
+    num_workers: int = 0
+    seed: int = 0
+
+
+@dataclass
+class SelectionConfig:
+    """Which predictions deserve a heatmap."""
+
+    criteria: list[str] = field(default_factory=lambda: ["incorrect", "low_confidence"])
+    mode: str = "any"  # any | all
+    threshold: float = 0.5  # low_confidence: top-1 probability below this
+    margin: float = 0.1  # low_margin: top-1 minus top-2 probability below this
+    entropy: float = 0.5  # high_entropy: entropy / log(classes) above this
+    topk: int = 5  # label_not_in_topk
+    max_samples: int | None = 200
+    per_class_max: int | None = None
+    order: str = "least_confident"  # least_confident | highest_loss | random
+    seed: int = 0
+
+
+@dataclass
+class TechniqueConfig:
+    """Which explanation methods to run, and their options."""
+
+    methods: dict[str, bool] = field(default_factory=dict)  # filled by the technique option files
+    layers: list[str] | None = None  # CAMs: these layers, averaged, instead of the model's target layer
+    batch_size: int = 64  # Score-CAM: masked images per forward pass
+    max_channels: int | None = None  # Score-CAM: score only the K channels with the largest mean activation
+
+
+@dataclass
+class RenderConfig:
+    """How heatmaps are drawn over the image."""
+
+    colormap: str = "jet"
+    alpha: float = 0.5  # weight of the heatmap in the overlay
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    technique: TechniqueConfig = field(default_factory=TechniqueConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    device: str = "auto"
+    amp: bool = False
+    seed: int = 0
+    topk: int = 5  # top-k classes written per sample in predictions.csv
+    targets: list[str] = field(default_factory=lambda: ["pred", "true"])
+    explain_batch_size: int = 16  # images per batch in the explanation stage
+    save_maps: bool = False
+    stdout: str = "path"  # path: print the run directory; jsonl: one JSON object per selected sample
+    progress: bool = True
+
+    @property
+    def techniques(self) -> list[str]:
+        return [name for name, enabled in self.technique.methods.items() if enabled]
+
+
+def load_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
+    """Check a composed config against the schema and the rules; raise UserError on the first mistake."""
+    schema = OmegaConf.structured(RunConfig)
+    try:
+        missing = sorted(OmegaConf.missing_keys(cfg))  # before merging: merge keeps the schema's default
+        if missing:
+            raise UserError(f"{missing[0]} needs a value; set it on the command line: {missing[0]}=...")
+        merged = OmegaConf.merge(schema, cfg)
+        run_config: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except ConfigKeyError as error:
+        raise unknown_key(str(error.full_key or error.key)) from error
+    except ValidationError as error:
+        raise UserError(f"invalid value for '{error.full_key}': {_first_line(error.msg)}") from error
+    except OmegaConfBaseException as error:
+        raise UserError(f"invalid configuration: {_first_line(str(error))}") from error
+    # YAML and Hydra read a bare `true` as a boolean, which the schema turns into "True"
+    run_config.targets = ["true" if target == "True" else target for target in run_config.targets]
+    check_run_config(run_config)
+    return run_config
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """The rules a schema cannot express: ranges and known names."""
+    from cnnvis_cli.selection import CRITERIA
+    from cnnvis_cli.techniques import TECHNIQUES
+
+    _check_choice("device", cfg.device, DEVICES)
+    _check_choice("stdout", cfg.stdout, STDOUT_MODES)
+    _check_choice("selection.mode", cfg.selection.mode, SELECTION_MODES)
+    _check_choice("selection.order", cfg.selection.order, SELECTION_ORDERS)
+    _check_choice("render.colormap", cfg.render.colormap, COLORMAPS)
+    for criterion in cfg.selection.criteria:
+        if criterion not in CRITERIA:
+            raise unknown_name("selection criterion", criterion, CRITERIA, "cnnvis list selections")
+    if not cfg.selection.criteria:
+        raise UserError("selection.criteria is empty; name at least one, e.g. selection.criteria=[incorrect]")
+    if not cfg.techniques:
+        raise UserError("no technique selected; choose one, e.g. technique=gradcam")
+    for technique in cfg.techniques:
+        if technique not in TECHNIQUES:
+            raise unknown_name("technique", technique, TECHNIQUES, "cnnvis list techniques")
+    for key, value in (
+        ("selection.threshold", cfg.selection.threshold),
+        ("selection.margin", cfg.selection.margin),
+        ("selection.entropy", cfg.selection.entropy),
+        ("render.alpha", cfg.render.alpha),
+    ):
+        if not 0.0 <= value <= 1.0:
+            raise UserError(f"{key}={value} is outside [0, 1]; choose a value between 0 and 1")
+    for key, value in (
+        ("dataset.batch_size", cfg.dataset.batch_size),
+        ("explain_batch_size", cfg.explain_batch_size),
+        ("technique.batch_size", cfg.technique.batch_size),
+        ("topk", cfg.topk),
+        ("selection.topk", cfg.selection.topk),
+    ):
+        if value < 1:
+            raise UserError(f"{key}={value} must be at least 1")
+    for key, optional in (
+        ("dataset.limit", cfg.dataset.limit),
+        ("selection.max_samples", cfg.selection.max_samples),
+        ("selection.per_class_max", cfg.selection.per_class_max),
+        ("technique.max_channels", cfg.technique.max_channels),
+    ):
+        if optional is not None and optional < 1:
+            raise UserError(f"{key}={optional} must be at least 1, or null for no limit")
+    if cfg.dataset.num_workers < 0:
+        raise UserError(f"dataset.num_workers={cfg.dataset.num_workers} must be 0 or more")
+    if not cfg.targets:
+        raise UserError("targets is empty; use for example targets=[pred,true]")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        matches = close_matches(value, choices)
+        hint = f"did you mean {', '.join(matches)}?" if matches else f"choose one of {', '.join(choices)}"
+        raise UserError(f"{key}={value} is not valid; {hint}")
+
+
+def unknown_key(full_key: str) -> UserError:
+    """A UserError for a config key the schema does not have, suggesting the closest known keys."""
+    parent_key, _, key = full_key.rpartition(".")
+    node: Any = OmegaConf.structured(RunConfig)
+    for part in parent_key.split(".") if parent_key else []:
+        node = node.get(part) if isinstance(node, DictConfig) else None
+    known = list(node.keys()) if isinstance(node, DictConfig) else []
+    matches = close_matches(str(key), known)
+    hint = f"did you mean {', '.join(f'{parent_key}.{m}' if parent_key else m for m in matches)}?" if matches else (
+        f"known keys: {', '.join(known)}" if known else "check its spelling"
+    )
+    return UserError(f"unknown config key '{full_key}'; {hint}")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text

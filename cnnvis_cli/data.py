@@ -1,0 +1,378 @@
+"""Test sets: where images come from, how they are decoded, and how they reach the model in batches.
+
+A *source* gives random access to (image, label, sample id) triples; `SampleSet` applies the model's
+geometry (resize, centre crop) and yields uint8 tensors, so batches stay small until they are normalised
+on the device. An image that cannot be decoded is not fatal: it comes out of the loader as a `BadSample`
+and the run records it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from cnnvis_cli.config import DatasetConfig
+from cnnvis_cli.errors import UserError, unknown_name
+from cnnvis_cli.models import Preprocess
+
+IMAGENETTE_TO_IMAGENET = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)
+UNLABELLED = -1
+
+
+@dataclass
+class Sample:
+    """One decoded test image with its label (UNLABELLED if unknown) and ground-truth extras."""
+
+    image: Image.Image
+    label: int
+    sample_id: str
+    extras: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """A sample that could not be read, and why."""
+
+    index: int
+    sample_id: str
+    reason: str
+
+
+class Source:
+    """Random access to the samples of a test set."""
+
+    class_names: list[str] | None = None  # label names in the source's own index order
+    extra_columns: tuple[str, ...] = ()
+    label_offsets: Sequence[int] | None = None  # source label -> model class index, when fixed by the source
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def sample_id(self, index: int) -> str:
+        raise NotImplementedError
+
+    def load(self, index: int) -> Sample:
+        raise NotImplementedError
+
+    def path(self, index: int) -> Path | None:
+        """The sample's file, when it has one."""
+        return None
+
+
+def open_image(path: Path) -> Image.Image:
+    """Decode an image file as 8-bit RGB, with its EXIF orientation applied."""
+    with Image.open(path) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            pixels = np.asarray(image, dtype=np.float32)
+            scale = 257.0 if pixels.max(initial=0) > 255 else 1.0
+            image = Image.fromarray(np.clip(pixels / scale, 0, 255).astype(np.uint8))
+        return image.convert("RGB")
+
+
+class ImageFolderSource(Source):
+    """`root/CLASS/IMAGE` (labelled, classes in sorted order) or a flat folder of images (unlabelled)."""
+
+    def __init__(self, root: Path, extensions: Sequence[str]) -> None:
+        if not root.is_dir():
+            raise UserError(f"dataset folder not found: {root} (set dataset.root=PATH)")
+        suffixes = {ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions}
+
+        def images_in(folder: Path) -> list[Path]:
+            return sorted(
+                path for path in folder.rglob("*")
+                if path.suffix.lower() in suffixes and path.is_file() and not _hidden(path, folder)
+            )
+
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.root = root
+        self.samples: list[tuple[Path, int]] = []
+        if class_dirs:
+            self.class_names = [folder.name for folder in class_dirs]
+            for label, folder in enumerate(class_dirs):
+                self.samples += [(path, label) for path in images_in(folder)]
+        else:
+            self.samples = [(path, UNLABELLED) for path in images_in(root)]
+        if not self.samples:
+            raise UserError(f"no images ({', '.join(sorted(suffixes))}) found under {root}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample_id(self, index: int) -> str:
+        return self.samples[index][0].relative_to(self.root).as_posix()
+
+    def path(self, index: int) -> Path:
+        return self.samples[index][0].resolve()
+
+    def load(self, index: int) -> Sample:
+        path, label = self.samples[index]
+        return Sample(open_image(path), label, self.sample_id(index))
+
+
+def _hidden(path: Path, top: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(top).parts)
+
+
+class FileListSource(Source):
+    """Image paths listed one per line, optionally `path,label`, in a file or on standard input (`-`)."""
+
+    def __init__(self, list_file: str, class_names: Sequence[str] | None) -> None:
+        if list_file == "-":
+            lines, base = sys.stdin.read().splitlines(), Path.cwd()
+        else:
+            path = Path(list_file).expanduser()
+            if not path.is_file():
+                raise UserError(f"dataset.list_file not found: {path}")
+            lines, base = path.read_text().splitlines(), path.parent
+        rows = [line.strip().rsplit(",", 1) if "," in line else [line.strip()] for line in lines]
+        rows = [row for row in rows if row[0] and not row[0].startswith("#")]
+        if not rows:
+            raise UserError(f"dataset.list_file {list_file} lists no images")
+        labels = [row[1].strip() if len(row) > 1 else "" for row in rows]
+        named = [label for label in labels if label and not label.lstrip("-").isdigit()]
+        self.class_names = list(class_names) if class_names else (sorted(set(named)) if named else None)
+        self.samples = [(_resolve(base, row[0]), self._label(label)) for row, label in zip(rows, labels, strict=True)]
+
+    def _label(self, label: str) -> int:
+        if not label:
+            return UNLABELLED
+        if label.lstrip("-").isdigit():
+            return int(label)
+        if self.class_names is None or label not in self.class_names:
+            raise unknown_name("label", label, self.class_names or [], "set dataset.class_names")
+        return self.class_names.index(label)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample_id(self, index: int) -> str:
+        return str(self.samples[index][0])
+
+    def path(self, index: int) -> Path:
+        return self.samples[index][0].resolve()
+
+    def load(self, index: int) -> Sample:
+        path, label = self.samples[index]
+        return Sample(open_image(path), label, str(path))
+
+
+def _resolve(base: Path, text: str) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+class TorchvisionSource(Source):
+    """One of torchvision's datasets (CIFAR-10, Fashion-MNIST, Imagenette), downloaded on request."""
+
+    def __init__(self, cfg: DatasetConfig) -> None:
+        from torchvision import datasets
+
+        root = Path(cfg.root or "~/.cache/cnnvis/datasets").expanduser()
+        train = cfg.split == "train"
+        try:
+            if cfg.name == "cifar10":
+                self.dataset = datasets.CIFAR10(str(root), train=train, download=cfg.download)
+            elif cfg.name == "fashion_mnist":
+                self.dataset = datasets.FashionMNIST(str(root), train=train, download=cfg.download)
+            else:
+                split = "train" if train else "val"
+                self.dataset = datasets.Imagenette(str(root), split=split, size=cfg.size, download=cfg.download)
+                self.label_offsets = IMAGENETTE_TO_IMAGENET
+        except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
+            raise UserError(
+                f"{cfg.name} not found under {root}; add dataset.download=true to fetch it, "
+                "or set dataset.root to where it is"
+            ) from error
+        classes = self.dataset.classes
+        self.class_names = [name[0] if isinstance(name, tuple) else str(name) for name in classes]
+        self.name = cfg.name
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def sample_id(self, index: int) -> str:
+        return f"{self.name}/{index}"
+
+    def load(self, index: int) -> Sample:
+        image, label = self.dataset[index]
+        return Sample(image.convert("RGB"), int(label), self.sample_id(index))
+
+
+class DemoSource(Source):
+    """The embedded demo: shapes on textured backgrounds, each with a spurious cue mark."""
+
+    extra_columns = ("object_box", "cue_box", "cue_class")
+
+    def __init__(self, split: str, seed: int) -> None:
+        from cnnvis_cli.demo import scene
+
+        if split not in scene.SPLIT_SIZES:
+            raise unknown_name("demo split", split, scene.SPLIT_SIZES)
+        self.scene = scene
+        self.split, self.seed = split, seed
+        self.class_names = list(scene.CLASS_NAMES)
+
+    def __len__(self) -> int:
+        return self.scene.SPLIT_SIZES[self.split]
+
+    def sample_id(self, index: int) -> str:
+        return f"demo-{self.split}/{index:05d}"
+
+    def load(self, index: int) -> Sample:
+        drawn = self.scene.render_scene(self.split, index, self.seed)
+        extras = {
+            "object_box": " ".join(map(str, drawn.object_box)),
+            "cue_box": " ".join(map(str, drawn.cue_box)),
+            "cue_class": self.class_names[drawn.cue_class],
+        }
+        return Sample(Image.fromarray(drawn.image), drawn.label, self.sample_id(index), extras)
+
+
+DATASETS: dict[str, str] = {
+    "demo": "the embedded demo: shapes with a spurious cue (offline)",
+    "imagefolder": "root/CLASS/IMAGE folders, or a flat folder of unlabelled images",
+    "files": "image paths, one per line (path or path,label), from a file or standard input",
+    "cifar10": "torchvision CIFAR-10 (dataset.download=true fetches it)",
+    "fashion_mnist": "torchvision Fashion-MNIST (dataset.download=true fetches it)",
+    "imagenette": "torchvision Imagenette, labels mapped to ImageNet-1k indices",
+}
+
+
+def open_source(cfg: DatasetConfig) -> Source:
+    """The source that `cfg` names."""
+    if cfg.name == "demo":
+        return DemoSource(cfg.split, cfg.seed)
+    if cfg.name == "imagefolder":
+        if not cfg.root:
+            raise UserError("dataset=imagefolder needs dataset.root=PATH")
+        return ImageFolderSource(Path(cfg.root).expanduser(), cfg.extensions)
+    if cfg.name == "files":
+        if not cfg.list_file:
+            raise UserError("dataset=files needs dataset.list_file=PATH (or - for standard input)")
+        return FileListSource(cfg.list_file, cfg.class_names)
+    if cfg.name in ("cifar10", "fashion_mnist", "imagenette"):
+        return TorchvisionSource(cfg)
+    raise unknown_name("dataset", cfg.name, DATASETS, "cnnvis list datasets")
+
+
+def label_mapping(source: Source, model_class_names: list[str] | None, num_classes: int) -> list[int] | None:
+    """Map the source's label indices onto the model's class indices; None when they already agree.
+
+    A fixed mapping from the source wins (Imagenette -> ImageNet). Else, when the model knows its class
+    names, labels are matched by name (case, `_` and `-` ignored); a dataset with as many classes as the
+    model but other names keeps its order. Classes the model does not have map to UNLABELLED: their
+    samples are still predicted and can be selected by confidence, but never count as right or wrong.
+    """
+    if source.label_offsets is not None:
+        return list(source.label_offsets)
+    names = source.class_names
+    if names is None or model_class_names is None or names == model_class_names:
+        return None
+    lookup = {_normalise_name(name): index for index, name in enumerate(model_class_names)}
+    if num_classes == 1000 and all(_WNID.fullmatch(name) for name in names):
+        lookup = {wnid: index for index, wnid in enumerate(imagenet_wnids())}  # ImageNet's own folder names
+    mapped = [lookup.get(_normalise_name(name), UNLABELLED) for name in names]
+    if UNLABELLED in mapped and len(names) == num_classes:
+        return None  # same number of classes, other names: the dataset's order is the model's order
+    return mapped
+
+
+def unmatched_classes(source: Source, label_map: list[int] | None) -> list[str]:
+    """The source's classes that `label_map` leaves without a model class."""
+    if label_map is None or source.class_names is None:
+        return []
+    return [name for name, index in zip(source.class_names, label_map, strict=False) if index == UNLABELLED]
+
+
+_WNID = re.compile(r"n\d{8}")
+
+
+def imagenet_wnids() -> list[str]:
+    """ImageNet-1k's WordNet ids (`n01440764`...) in class-index order, as its folders are named."""
+    return (resources.files("cnnvis_cli") / "imagenet_wnids.txt").read_text().split()
+
+
+def _normalise_name(name: str) -> str:
+    return name.strip().lower().replace("_", " ").replace("-", " ")
+
+
+class SampleSet(Dataset):
+    """A source seen through the model's geometry: items are (uint8 3xHxW tensor, label, index)."""
+
+    def __init__(self, source: Source, preprocess: Preprocess, indices: Sequence[int],
+                 label_map: Sequence[int] | None = None) -> None:
+        self.source = source
+        self.indices = list(indices)
+        self.label_map = label_map
+        self.geometry = transforms.Compose([
+            transforms.Resize(preprocess.resize_size, antialias=True),
+            transforms.CenterCrop(preprocess.input_size),
+            transforms.PILToTensor(),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int, dict[str, str]] | BadSample:
+        index = self.indices[position]
+        try:
+            sample = self.source.load(index)
+            image = self.geometry(sample.image)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            return BadSample(index, self.source.sample_id(index), reason)
+        label = sample.label
+        if label != UNLABELLED and self.label_map is not None:
+            label = self.label_map[label]
+        return image, label, index, sample.extras
+
+
+@dataclass
+class Batch:
+    """Decoded images of one loader step, and the samples of that step that could not be read."""
+
+    images: torch.Tensor  # uint8, N x 3 x H x W
+    labels: torch.Tensor  # int64, UNLABELLED where unknown
+    indices: list[int]
+    extras: list[dict[str, str]]
+    bad: list[BadSample]
+
+
+def collate(items: list) -> Batch:
+    good = [item for item in items if not isinstance(item, BadSample)]
+    bad = [item for item in items if isinstance(item, BadSample)]
+    if not good:
+        return Batch(torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), [], [], bad)
+    return Batch(
+        torch.stack([item[0] for item in good]),
+        torch.tensor([item[1] for item in good], dtype=torch.long),
+        [item[2] for item in good],
+        [item[3] for item in good],
+        bad,
+    )
+
+
+def subset_indices(size: int, limit: int | None, seed: int) -> list[int]:
+    """All indices, or a seeded random subset of `limit` of them, in ascending order."""
+    if limit is None or limit >= size:
+        return list(range(size))
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(size, generator=generator)[:limit].tolist())
+
+
+def make_loader(test_set: SampleSet, batch_size: int, num_workers: int, pin_memory: bool,
+                collate_fn: Callable = collate) -> DataLoader:
+    return DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=pin_memory, collate_fn=collate_fn, persistent_workers=False)

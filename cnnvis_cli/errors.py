@@ -1,0 +1,24 @@
+"""The one exception type for mistakes a user can fix: the CLI prints it as one line and exits 2."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """A mistake in the command line, a config file or the data that the user can fix."""
+
+
+def close_matches(word: str, choices: Iterable[str], limit: int = 3) -> list[str]:
+    """Names among `choices` that look like `word`, best first."""
+    return difflib.get_close_matches(word, list(choices), n=limit, cutoff=0.5)
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -> UserError:
+    """A UserError for an unknown `kind` called `name`, suggesting the closest known names."""
+    choices = sorted(choices)
+    matches = close_matches(name, choices)
+    suggestion = f"did you mean {', '.join(matches)}?" if matches else f"known: {', '.join(choices)}"
+    message = f"unknown {kind} '{name}'; {suggestion}"
+    return UserError(f"{message} ({hint})" if hint else message)

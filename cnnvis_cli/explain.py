@@ -1,0 +1,108 @@
+"""The explanation stage: re-read the selected images, compute every technique's maps for every target,
+and write the overlays (and raw maps, when asked) as each batch finishes.
+
+Maps stay on the device from the technique to the colour-mapped overlay; one copy per batch brings the
+finished overlays to the CPU for PNG encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnvis_cli.data import UNLABELLED, Batch
+from cnnvis_cli.inference import Predictions, normalise
+from cnnvis_cli.models import Preprocess
+from cnnvis_cli.progress import progress_bar
+from cnnvis_cli.render import colormap_lut, encode_png, overlay
+from cnnvis_cli.run_dir import RunDir, safe_name
+from cnnvis_cli.selection import Case
+from cnnvis_cli.targets import Target, targets_for
+from cnnvis_cli.techniques import CamTechnique
+
+
+@dataclass
+class Explained:
+    """The files written for one selected sample."""
+
+    case: Case
+    overlays: list[str] = field(default_factory=list)  # paths relative to the run directory
+    maps: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    colormap: str
+    alpha: float
+    save_maps: bool
+
+
+def heatmap_name(index: int, sample_id: str, true_name: str, target_name: str) -> str:
+    """`000042-img_0007__true-oak__target-building`: sample, true class and target class, file-safe."""
+    stem = safe_name(Path(sample_id).stem, 40)
+    return f"{index:06d}-{stem}__true-{safe_name(true_name)}__target-{safe_name(target_name)}"
+
+
+def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Predictions,
+                  techniques: list[CamTechnique], parsed_targets: list[str | int], class_names: list[str],
+                  preprocess: Preprocess, device: torch.device, run_dir: RunDir, options: RenderOptions,
+                  show_progress: bool = True) -> list[Explained]:
+    """Maps and overlays for every case, technique and target; returns what was written per case."""
+    case_of_index = {int(predictions.indices[case.row]): case for case in cases}
+    explained = {case.row: Explained(case) for case in cases}
+    lut = colormap_lut(options.colormap, device)
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task("heatmaps", total=len(cases), unit="images")
+        for batch in batches:
+            if not batch.indices:
+                continue
+            batch_cases = [case_of_index[index] for index in batch.indices]
+            rows = [(position, target) for position, case in enumerate(batch_cases)
+                    for target in _targets(case, predictions, parsed_targets)]
+            image_rows = torch.tensor([position for position, _ in rows], device=device)
+            target_classes = torch.tensor([target.class_index for _, target in rows], device=device)
+            images = batch.images.to(device, non_blocking=True)
+            model_input = normalise(images, preprocess)
+            for technique in techniques:
+                maps = technique.explain(model_input, image_rows, target_classes)
+                pictures = overlay(images[image_rows], maps, lut, options.alpha).cpu().numpy()
+                raw = maps.cpu().numpy() if options.save_maps else None
+                for row, (position, target) in enumerate(rows):
+                    case = batch_cases[position]
+                    name = heatmap_name(batch.indices[position], predictions.sample_ids[case.row],
+                                        _label_name(predictions, case.row, class_names),
+                                        class_names[target.class_index])
+                    record = explained[case.row]
+                    path = f"heatmaps/{technique.name}/{name}.png"
+                    run_dir.write_bytes(path, encode_png(pictures[row]))
+                    record.overlays.append(path)
+                    if raw is not None:
+                        map_path = f"maps/{technique.name}/{name}.npy"
+                        run_dir.write_bytes(map_path, _npy_bytes(raw[row]))
+                        record.maps.append(map_path)
+            bar.advance(task, len(batch.indices))
+    return [explained[case.row] for case in cases]
+
+
+def _targets(case: Case, predictions: Predictions, parsed_targets: list[str | int]) -> list[Target]:
+    label = int(predictions.labels[case.row])
+    return targets_for(parsed_targets, int(predictions.predicted[case.row]),
+                       None if label == UNLABELLED else label,
+                       [int(c) for c in predictions.topk_classes[case.row]])
+
+
+def _label_name(predictions: Predictions, row: int, class_names: list[str]) -> str:
+    label = int(predictions.labels[row])
+    return class_names[label] if 0 <= label < len(class_names) else "unknown"
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array.astype(np.float32))
+    return buffer.getvalue()

@@ -1,0 +1,153 @@
+"""The inference stage: run the model over the whole test set in batches and stream predictions to CSV.
+
+Only per-sample numbers are kept in memory (class, confidence, margin, entropy, loss, top-k), so memory
+grows with the number of samples by a few dozen bytes each, never by their images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnvis_cli.data import UNLABELLED, BadSample, Batch
+from cnnvis_cli.models import Preprocess
+from cnnvis_cli.progress import progress_bar
+from cnnvis_cli.run_dir import CsvStream
+
+
+@dataclass
+class Predictions:
+    """What the model said about every readable sample, in loader order."""
+
+    indices: np.ndarray  # the sample's index in its source
+    sample_ids: list[str]
+    labels: np.ndarray  # UNLABELLED where unknown
+    predicted: np.ndarray
+    confidence: np.ndarray  # top-1 probability
+    margin: np.ndarray  # top-1 minus top-2 probability
+    entropy: np.ndarray  # entropy of the class distribution divided by log(classes), in [0, 1]
+    loss: np.ndarray  # cross-entropy of the true class; NaN where unlabelled
+    topk_classes: np.ndarray  # N x k
+    topk_probs: np.ndarray  # N x k
+    bad: list[BadSample] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def labelled(self) -> np.ndarray:
+        return self.labels != UNLABELLED
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.labelled & (self.predicted == self.labels)
+
+    def accuracy(self) -> float | None:
+        labelled = int(self.labelled.sum())
+        return float(self.correct.sum() / labelled) if labelled else None
+
+
+def prediction_header(topk: int, extra_columns: Iterable[str]) -> list[str]:
+    return [
+        "index", "sample_id", "label", "label_name", "predicted", "predicted_name", "correct",
+        "confidence", "margin", "entropy", "loss", f"top{topk}_classes", f"top{topk}_probs", *extra_columns,
+    ]
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision on CUDA when asked for; a no-op elsewhere."""
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
+
+
+def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, device: torch.device, *,
+            class_names: list[str], topk: int, csv: CsvStream, keep_k: int | None = None,
+            extra_columns: tuple[str, ...] = (),
+            amp: bool = False, total: int | None = None, show_progress: bool = True,
+            sample_id=str) -> Predictions:
+    """Classify every batch; write one CSV row per sample as each batch finishes.
+
+    The CSV lists the top `topk` classes; `Predictions` keeps the top `keep_k` (at least `topk`).
+    """
+    k = min(max(topk, keep_k or topk), len(class_names))
+    parts: dict[str, list] = {key: [] for key in (
+        "indices", "labels", "predicted", "confidence", "margin", "entropy", "loss", "topk_classes", "topk_probs")}
+    sample_ids: list[str] = []
+    bad: list[BadSample] = []
+    with progress_bar(show_progress) as bar, torch.inference_mode():
+        task = bar.add_task("inference", total=total, unit="images")
+        for batch in batches:
+            bad += batch.bad
+            if batch.indices:
+                images = batch.images.to(device, non_blocking=True)
+                with autocast(device, amp):
+                    logits = model(normalise(images, preprocess))
+                stats = _batch_statistics(logits.float(), batch.labels.to(device), k)
+                ids = [sample_id(index) for index in batch.indices]
+                csv.write(_rows(batch, ids, stats, class_names, topk, extra_columns))
+                for key, value in stats.items():
+                    parts[key].append(value)
+                parts["indices"].append(np.asarray(batch.indices, dtype=np.int64))
+                parts["labels"].append(batch.labels.numpy())
+                sample_ids += ids
+            bar.advance(task, len(batch.indices) + len(batch.bad))
+    joined = {key: np.concatenate(value) if value else _empty(key, k) for key, value in parts.items()}
+    return Predictions(sample_ids=sample_ids, bad=bad, **joined)
+
+
+def normalise(images: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """uint8 N x 3 x H x W -> the float tensor the model expects, on the images' device."""
+    mean = torch.tensor(preprocess.mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def _batch_statistics(logits: torch.Tensor, labels: torch.Tensor, k: int) -> dict[str, np.ndarray]:
+    """Per-sample confidence, margin, entropy, loss and top-k from a batch of logits, on the device."""
+    log_probs = torch.log_softmax(logits, dim=1)
+    probs = log_probs.exp()
+    top = probs.topk(min(max(k, 2), probs.shape[1]), dim=1)
+    second = top.values[:, 1] if probs.shape[1] > 1 else torch.zeros_like(top.values[:, 0])
+    entropy = -(probs * log_probs).nan_to_num().sum(dim=1) / max(math.log(probs.shape[1]), 1e-12)
+    has_label = labels >= 0
+    safe_labels = labels.clamp(min=0, max=probs.shape[1] - 1)
+    loss = -log_probs.gather(1, safe_labels[:, None])[:, 0]
+    loss = torch.where(has_label & (labels < probs.shape[1]), loss, torch.full_like(loss, float("nan")))
+    values = {
+        "predicted": top.indices[:, 0],
+        "confidence": top.values[:, 0],
+        "margin": top.values[:, 0] - second,
+        "entropy": entropy,
+        "loss": loss,
+        "topk_classes": top.indices[:, :k],
+        "topk_probs": top.values[:, :k],
+    }
+    return {key: value.cpu().numpy() for key, value in values.items()}
+
+
+def _rows(batch: Batch, ids: list[str], stats: dict[str, np.ndarray], class_names: list[str], topk: int,
+          extra_columns: tuple[str, ...]):
+    for row, index in enumerate(batch.indices):
+        label = int(batch.labels[row])
+        predicted = int(stats["predicted"][row])
+        yield [
+            index, ids[row], label if label != UNLABELLED else "",
+            class_names[label] if 0 <= label < len(class_names) else "",
+            predicted, class_names[predicted],
+            int(label == predicted) if label != UNLABELLED else "",
+            f"{stats['confidence'][row]:.6f}", f"{stats['margin'][row]:.6f}", f"{stats['entropy'][row]:.6f}",
+            f"{stats['loss'][row]:.6f}" if label != UNLABELLED else "",
+            "|".join(class_names[c] for c in stats["topk_classes"][row][:topk]),
+            " ".join(f"{p:.6f}" for p in stats["topk_probs"][row][:topk]),
+            *(batch.extras[row].get(column, "") for column in extra_columns),
+        ]
+
+
+def _empty(key: str, k: int) -> np.ndarray:
+    if key.startswith("topk"):
+        return np.empty((0, k), dtype=np.int64 if key == "topk_classes" else np.float32)
+    return np.empty(0, dtype=np.int64 if key in ("indices", "labels", "predicted") else np.float32)

@@ -1,0 +1,230 @@
+"""One run, stage by stage: model -> test set -> predictions -> selection -> heatmaps -> summary.
+
+Each stage writes its own artefact into the run directory as it goes. Nothing here imports Hydra: tests
+call `run(load_run_config(cfg), folder)` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnvis_cli import __version__
+from cnnvis_cli.config import RunConfig
+from cnnvis_cli.data import (
+    SampleSet,
+    Source,
+    label_mapping,
+    make_loader,
+    open_source,
+    subset_indices,
+    unmatched_classes,
+)
+from cnnvis_cli.errors import UserError
+from cnnvis_cli.explain import Explained, RenderOptions, explain_cases
+from cnnvis_cli.inference import Predictions, predict, prediction_header
+from cnnvis_cli.models import LoadedModel, load_model
+from cnnvis_cli.run_dir import RunDir
+from cnnvis_cli.selection import Selection, select
+from cnnvis_cli.targets import deepest_top, parse_targets
+from cnnvis_cli.techniques import NORMALISATION, build_technique
+
+log = logging.getLogger("cnnvis")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    records: list[dict[str, Any]] = field(default_factory=list)  # one per selected sample, for JSON lines
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, then Apple's MPS, else the CPU; a named device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but CUDA is not available here; use device=auto or device=cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device=mps but MPS is not available here; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def run(cfg: RunConfig, output_dir: Path) -> RunResult:
+    """Run every stage of `cfg` into `output_dir`."""
+    started = datetime.now(UTC)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] = round(now - clock, 3)
+        clock = now
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    run_dir = RunDir(output_dir)
+    device = resolve_device(cfg.device)
+    source = open_source(cfg.dataset)
+    loaded = load_model(cfg.model)
+    loaded.module.to(device)
+    class_names = _class_names(loaded, source.class_names)
+    label_map = label_mapping(source, loaded.class_names, loaded.num_classes)
+    unmatched = unmatched_classes(source, label_map)
+    if unmatched:
+        log.warning("%d dataset classes are not classes of the model; their samples count as unlabelled: %s",
+                    len(unmatched), ", ".join(unmatched[:10]) + (", ..." if len(unmatched) > 10 else ""))
+    parsed_targets = parse_targets(cfg.targets, class_names)
+    indices = subset_indices(len(source), cfg.dataset.limit, cfg.dataset.seed)
+    layers = cfg.technique.layers or [loaded.target_layer]
+    techniques = [build_technique(name, loaded.module, layers, cfg.technique, cfg.amp) for name in cfg.techniques]
+    log.info("model %s (%d classes, target layer %s) on %s; %d test samples from %s",
+             loaded.name, loaded.num_classes, ", ".join(layers), device, len(indices), cfg.dataset.name)
+    lap("setup")
+
+    def loader(selected: list[int], batch_size: int):
+        test_set = SampleSet(source, loaded.preprocess, selected, label_map)
+        return make_loader(test_set, batch_size, cfg.dataset.num_workers, pin_memory=device.type == "cuda")
+
+    keep_k = max(cfg.topk, cfg.selection.topk, deepest_top(parsed_targets))
+    with run_dir.csv_stream("predictions.csv", prediction_header(cfg.topk, source.extra_columns)) as csv:
+        predictions = predict(
+            loaded.module, loader(indices, cfg.dataset.batch_size), loaded.preprocess, device,
+            class_names=class_names, topk=cfg.topk, keep_k=keep_k, csv=csv, extra_columns=source.extra_columns,
+            amp=cfg.amp, total=len(indices), show_progress=cfg.progress, sample_id=source.sample_id,
+        )
+    _write_errors(run_dir, predictions)
+    lap("inference")
+
+    selection = select(predictions, cfg.selection)
+    _write_selected(run_dir, predictions, selection, class_names)
+    lap("selection")
+
+    selected_indices = [int(predictions.indices[case.row]) for case in selection.cases]
+    explained = explain_cases(
+        loader(selected_indices, cfg.explain_batch_size), selection.cases, predictions, techniques,
+        parsed_targets, class_names, loaded.preprocess, device, run_dir,
+        RenderOptions(cfg.render.colormap, cfg.render.alpha, cfg.save_maps), show_progress=cfg.progress,
+    ) if selection.cases else []
+    lap("explanation")
+
+    seconds["total"] = round(sum(seconds.values()), 3)
+    summary = _summary(cfg, loaded, layers, device, predictions, selection, explained, seconds, started)
+    summary["classes_not_in_model"] = unmatched
+    run_dir.write_json("summary.json", summary)
+    records = [_record(item, predictions, class_names, source, run_dir.root) for item in explained]
+    return RunResult(run_dir.root, summary, records)
+
+
+def _class_names(loaded: LoadedModel, dataset_names: list[str] | None) -> list[str]:
+    """The model's class names, else the dataset's when they fit the model's outputs, else class_0..."""
+    if loaded.class_names is not None:
+        return loaded.class_names
+    if dataset_names is not None and len(dataset_names) == loaded.num_classes:
+        return list(dataset_names)
+    if loaded.class_names_from_dataset:
+        count = "no class names" if dataset_names is None else f"{len(dataset_names)} classes"
+        raise UserError(f"model.class_names=dataset but the dataset has {count} and the model "
+                        f"{loaded.num_classes} outputs; set model.num_classes or list model.class_names")
+    if dataset_names is not None and len(dataset_names) > loaded.num_classes:
+        raise UserError(f"the dataset has {len(dataset_names)} classes but the model only {loaded.num_classes} "
+                        "outputs; set model.num_classes to match")
+    return [f"class_{index}" for index in range(loaded.num_classes)]
+
+
+def _write_errors(run_dir: RunDir, predictions: Predictions) -> None:
+    with run_dir.csv_stream("errors.csv", ["index", "sample_id", "reason"]) as csv:
+        csv.write([bad.index, bad.sample_id, bad.reason] for bad in predictions.bad)
+    for bad in predictions.bad:
+        log.warning("skipped unreadable sample %s: %s", bad.sample_id, bad.reason)
+
+
+def _write_selected(run_dir: RunDir, predictions: Predictions, selection: Selection, class_names: list[str]) -> None:
+    header = ["rank", "index", "sample_id", "label_name", "predicted_name", "confidence", "margin", "entropy",
+              "loss", "reasons", *selection.flags]
+    with run_dir.csv_stream("selected.csv", header) as csv:
+        csv.write(
+            [rank, int(predictions.indices[case.row]), predictions.sample_ids[case.row],
+             _name(class_names, int(predictions.labels[case.row])),
+             class_names[int(predictions.predicted[case.row])],
+             f"{predictions.confidence[case.row]:.6f}", f"{predictions.margin[case.row]:.6f}",
+             f"{predictions.entropy[case.row]:.6f}",
+             "" if np.isnan(predictions.loss[case.row]) else f"{predictions.loss[case.row]:.6f}",
+             "|".join(case.reasons), *(int(flag[case.row]) for flag in selection.flags.values())]
+            for rank, case in enumerate(selection.cases, start=1)
+        )
+
+
+def _name(class_names: list[str], index: int) -> str:
+    return class_names[index] if 0 <= index < len(class_names) else ""
+
+
+def _summary(cfg: RunConfig, loaded: LoadedModel, layers: list[str], device: torch.device,
+             predictions: Predictions, selection: Selection, explained: list[Explained],
+             seconds: dict[str, float], started: datetime) -> dict[str, Any]:
+    import cv2
+    import hydra
+    import torchvision
+
+    accuracy = predictions.accuracy()
+    selected_by_reason = {name: sum(name in case.reasons for case in selection.cases) for name in selection.flags}
+    return {
+        "status": "complete",
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": {"name": loaded.name, "num_classes": loaded.num_classes, "target_layers": layers,
+                  "input_size": loaded.preprocess.input_size},
+        "dataset": cfg.dataset.name,
+        "techniques": cfg.techniques,
+        "device": str(device),
+        "amp": cfg.amp and device.type == "cuda",
+        "samples": len(predictions),
+        "unreadable": len(predictions.bad),
+        "labelled": int(predictions.labelled.sum()),
+        "accuracy": None if accuracy is None else round(accuracy, 6),
+        "selection": {
+            "criteria": list(cfg.selection.criteria),
+            "mode": cfg.selection.mode,
+            "matched": selection.matched,
+            "selected": len(selection.cases),
+            "selected_by_reason": selected_by_reason,
+        },
+        "heatmaps": sum(len(item.overlays) for item in explained),
+        "normalisation": NORMALISATION,
+        "seconds": seconds,
+        "versions": {
+            "cnnvis": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "hydra": hydra.__version__, "numpy": np.__version__,
+            "opencv": cv2.__version__,
+        },
+    }
+
+
+def _record(item: Explained, predictions: Predictions, class_names: list[str], source: Source,
+            root: Path) -> dict[str, Any]:
+    row = item.case.row
+    label = int(predictions.labels[row])
+    path = source.path(int(predictions.indices[row]))
+    return {
+        "index": int(predictions.indices[row]),
+        "id": predictions.sample_ids[row],
+        "path": None if path is None else str(path),
+        "label": _name(class_names, label) or None,
+        "prediction": class_names[int(predictions.predicted[row])],
+        "confidence": round(float(predictions.confidence[row]), 6),
+        "reasons": list(item.case.reasons),
+        "overlays": [str(root / overlay) for overlay in item.overlays],
+        "maps": [str(root / raw_map) for raw_map in item.maps],
+    }
+

@@ -1,0 +1,32 @@
+"""Progress bars on standard error, so standard output stays free for the run directory or JSON lines."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+stderr_console = Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, with the unit of the task (`images/s`, `maps/s`)."""
+
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit", "items")
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} {unit}/s" if speed else f"-- {unit}/s", style="progress.data.speed")
+
+
+def progress_bar(enabled: bool = True) -> Progress:
+    """A bar with count, rate and ETA; silent when disabled or when standard error is not a terminal."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeRemainingColumn(),
+        console=stderr_console,
+        disable=not enabled,
+        transient=False,
+    )

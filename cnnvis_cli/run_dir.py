@@ -1,0 +1,93 @@
+"""The run directory: safe file names, atomic writes, and CSV files streamed as rows arrive.
+
+Everything a run writes goes through `RunDir`, which refuses any path that would leave the directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+_UNSAFE = re.compile(r"[^\w.-]+")
+
+
+def safe_name(text: str, max_length: int = 60) -> str:
+    """A file-name fragment from any text: word characters, dots and dashes only, no leading dot."""
+    cleaned = _UNSAFE.sub("_", text).strip("._") or "_"
+    return cleaned[:max_length]
+
+
+class RunDir:
+    """A run's output folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, *parts: str) -> Path:
+        """`root/parts...`, with its parent folder created; refuses anything outside the run directory."""
+        path = self.root.joinpath(*parts).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"refusing to write outside the run directory: {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write_bytes(self, relative: str, data: bytes) -> Path:
+        path = self.path(relative)
+        _atomic_write(path, data)
+        return path
+
+    def write_json(self, relative: str, value: Any) -> Path:
+        return self.write_bytes(relative, (json.dumps(value, indent=2, default=str) + "\n").encode())
+
+    def csv_stream(self, relative: str, header: Sequence[str]) -> CsvStream:
+        return CsvStream(self.path(relative), header)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class CsvStream:
+    """A CSV file written batch by batch into `NAME.partial`, renamed to `NAME` when closed cleanly."""
+
+    def __init__(self, path: Path, header: Sequence[str]) -> None:
+        self.path = path
+        self.partial = path.with_name(path.name + ".partial")
+        self.file = self.partial.open("w", newline="", encoding="utf-8")
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(header)
+        self.rows = 0
+
+    def write(self, rows: Iterable[Sequence[Any]]) -> None:
+        for row in rows:
+            self.writer.writerow(row)
+            self.rows += 1
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        os.replace(self.partial, self.path)
+
+    def __enter__(self) -> CsvStream:
+        return self
+
+    def __exit__(self, exc_type, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.file.close()  # keep the partial file: it holds every row finished before the failure

@@ -1,0 +1,58 @@
+"""Targets: which classes to explain for each selected sample (`targets=[pred,true,top3,dishwasher]`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cnnvis_cli.errors import UserError, close_matches
+
+_TOP = re.compile(r"top(\d+)")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A class to explain, and why (`pred`, `true`, `top2`, or `named`; joined with + when several)."""
+
+    class_index: int
+    role: str
+
+
+def parse_targets(specs: list[str], class_names: list[str]) -> list[str | int]:
+    """Check every entry of `targets` up front: a keyword, `topN`, a class name or a class index."""
+    parsed: list[str | int] = []
+    for spec in map(str, specs):
+        if spec in ("pred", "true") or _TOP.fullmatch(spec):
+            parsed.append(spec)
+        elif spec in class_names:
+            parsed.append(class_names.index(spec))
+        elif spec.isdigit() and int(spec) < len(class_names):
+            parsed.append(int(spec))
+        else:
+            matches = close_matches(spec, class_names)
+            hint = f"did you mean {', '.join(matches)}?" if matches else "use pred, true, topN, a class name or index"
+            raise UserError(f"unknown target '{spec}': the model has no such class; {hint}")
+    return parsed
+
+
+def deepest_top(parsed: list[str | int]) -> int:
+    """The largest N among `topN` entries (0 when none)."""
+    return max((int(m.group(1)) for s in parsed if isinstance(s, str) and (m := _TOP.fullmatch(s))), default=0)
+
+
+def targets_for(parsed: list[str | int], predicted: int, label: int | None, ranked: list[int]) -> list[Target]:
+    """The distinct classes to explain for one sample, in the order asked; roles merge on duplicates."""
+    roles: dict[int, list[str]] = {}
+    for spec in parsed:
+        if spec == "pred":
+            picks = [(predicted, "pred")]
+        elif spec == "true":
+            picks = [(label, "true")] if label is not None else []
+        elif isinstance(spec, str):
+            depth = int(_TOP.fullmatch(spec).group(1))  # type: ignore[union-attr]
+            picks = [(cls, f"top{rank}") for rank, cls in enumerate(ranked[:depth], start=1)]
+        else:
+            picks = [(spec, "named")]
+        for cls, role in picks:
+            roles.setdefault(int(cls), []).append(role)
+    return [Target(cls, "+".join(dict.fromkeys(r))) for cls, r in roles.items()]

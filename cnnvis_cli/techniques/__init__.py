@@ -1,0 +1,24 @@
+"""The registry of explanation techniques: `technique=NAME` picks one, `technique=[A,B]` several."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from cnnvis_cli.config import TechniqueConfig
+from cnnvis_cli.techniques.base import NORMALISATION, CamTechnique
+from cnnvis_cli.techniques.gradcam import GradCAM
+from cnnvis_cli.techniques.scorecam import ScoreCAM
+
+TECHNIQUES: dict[str, type[CamTechnique]] = {technique.name: technique for technique in (GradCAM, ScoreCAM)}
+
+__all__ = ["NORMALISATION", "TECHNIQUES", "CamTechnique", "build_technique"]
+
+
+def build_technique(name: str, model: nn.Module, layers: Sequence[str], options: TechniqueConfig,
+                    amp: bool = False) -> CamTechnique:
+    """An instance of technique `name` with the run's options."""
+    if name == ScoreCAM.name:
+        return ScoreCAM(model, layers, amp=amp, batch_size=options.batch_size, max_channels=options.max_channels)
+    return TECHNIQUES[name](model, layers, amp=amp)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import torch
+from references import reference_scorecam
+
+from cnnvis_cli.techniques.scorecam import ScoreCAM
+
+
+def test_matches_the_definition_whatever_the_streaming_batch(tiny_net) -> None:
+    torch.manual_seed(4)
+    images = torch.randn(2, 3, 16, 16)
+    image_rows, targets = torch.tensor([0, 1, 1]), torch.tensor([3, 0, 4])
+    expected = torch.stack([reference_scorecam(tiny_net, "features", images[i], int(t))
+                            for i, t in zip(image_rows, targets, strict=True)])
+    for batch_size in (1, 7, 64):
+        maps = ScoreCAM(tiny_net, ["features"], batch_size=batch_size).explain(images, image_rows, targets)
+        torch.testing.assert_close(maps, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_max_channels_scores_only_the_most_active_channels(tiny_net) -> None:
+    torch.manual_seed(5)
+    image = torch.randn(3, 16, 16)
+    with torch.no_grad():
+        captured = {}
+        handle = tiny_net.features.register_forward_hook(lambda _m, _i, out: captured.setdefault("a", out.clone()))
+        tiny_net(image[None])
+        handle.remove()
+    top = captured["a"][0].mean(dim=(1, 2)).topk(4).indices.tolist()
+    maps = ScoreCAM(tiny_net, ["features"], max_channels=4).explain(image[None], torch.tensor([0]), torch.tensor([1]))
+    torch.testing.assert_close(maps[0], reference_scorecam(tiny_net, "features", image, 1, channels=top),
+                               atol=1e-5, rtol=1e-4)

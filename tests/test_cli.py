@@ -1,0 +1,108 @@
+"""The installed `cnnvis` command, run as a user would, in a subprocess from another directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CNNVIS = shutil.which("cnnvis") or str(Path(sys.executable).parent / "cnnvis")
+
+
+def cnnvis(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    return subprocess.run([CNNVIS, *args], cwd=cwd, capture_output=True, text=True, input=stdin, env=env,
+                          timeout=300)
+
+
+def test_version_and_help(tmp_path: Path) -> None:
+    from cnnvis_cli import __version__
+
+    assert cnnvis("--version", cwd=tmp_path).stdout.strip() == f"cnnvis {__version__}"
+    assert "cnnvis run" in cnnvis("--help", cwd=tmp_path).stdout
+    hydra_help = cnnvis("run", "--help", cwd=tmp_path)
+    assert hydra_help.returncode == 0 and "model: alexnet, convnext_tiny" in hydra_help.stdout
+
+
+def test_run_prints_only_the_run_directory_on_stdout(tmp_path: Path) -> None:
+    run_dir = tmp_path / "my run"
+    result = cnnvis("run", "dataset.limit=40", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [str(run_dir)]
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "cnnvis.log").is_file()
+    assert (run_dir / "summary.json").is_file() and list((run_dir / "heatmaps" / "gradcam").glob("*.png"))
+    assert "accuracy" in result.stderr
+
+
+def test_default_run_directory_is_timestamped_under_outputs(tmp_path: Path) -> None:
+    result = cnnvis("run", "dataset.limit=10", "progress=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.splitlines()[-1])
+    assert run_dir.parent.parent == tmp_path / "outputs" and (run_dir / "predictions.csv").is_file()
+
+
+def test_multirun_prints_one_directory_per_job(tmp_path: Path) -> None:
+    result = cnnvis("run", "-m", "technique=gradcam,scorecam", "technique.max_channels=4", "dataset.limit=24",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}", "progress=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines == [str(tmp_path / "sweep" / "0"), str(tmp_path / "sweep" / "1")]
+    for line, technique in zip(lines, ("gradcam", "scorecam"), strict=True):
+        assert json.loads((Path(line) / "summary.json").read_text())["techniques"] == [technique]
+
+
+def test_jsonl_output_is_one_object_per_selected_sample(tmp_path: Path) -> None:
+    result = cnnvis("run", "dataset.limit=40", "stdout=jsonl", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert len(records) == summary["selection"]["selected"] > 0
+    assert all(Path(p).is_file() for record in records for p in record["overlays"])
+    assert {"id", "path", "label", "prediction", "confidence", "reasons", "overlays"} <= set(records[0])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "model=vgg17"], "cnnvis: error: unknown model 'vgg17'; did you mean vgg16"),
+    (["run", "dataset=imagefolder", "dataset.root=/no/such/folder"], "dataset folder not found: /no/such/folder"),
+    (["run", "selection.threshold=2"], "selection.threshold=2.0 is outside [0, 1]"),
+    (["run", "-m", "technique=gradcam,scorecamm"], "unknown technique 'scorecamm'; did you mean scorecam"),
+    (["run", "selection.treshold=0.3"], "unknown config key 'selection.treshold'; did you mean selection.threshold"),
+    (["list", "modles"], "unknown list 'modles'; did you mean models"),
+])
+def test_user_mistakes_are_one_line_with_exit_code_2(args: list[str], message: str, tmp_path: Path) -> None:
+    result = cnnvis(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line, no traceback
+    assert message in result.stderr and result.stdout == ""
+
+
+def test_list_commands(tmp_path: Path) -> None:
+    assert "vgg16" in cnnvis("list", "models", cwd=tmp_path).stdout
+    assert "scorecam" in cnnvis("list", "techniques", cwd=tmp_path).stdout
+    assert "imagenette" in cnnvis("list", "datasets", cwd=tmp_path).stdout
+    assert "label_not_in_topk" in cnnvis("list", "selections", cwd=tmp_path).stdout
+    layers = cnnvis("list", "layers", "model=resnet18", "model.weights=null", cwd=tmp_path)
+    assert layers.returncode == 0 and "* layer4" in layers.stdout
+
+
+def test_hydra_cfg_flag_prints_the_composed_config(tmp_path: Path) -> None:
+    result = cnnvis("run", "--cfg", "job", "model=vgg16", cwd=tmp_path)
+    assert result.returncode == 0 and "name: vgg16" in result.stdout and not (tmp_path / "outputs").exists()
+
+
+def test_files_dataset_from_standard_input(tmp_path: Path) -> None:
+    from helpers import write_image_folder
+
+    root = write_image_folder(tmp_path / "imgs", {"a": 2})
+    listing = "".join(f"{path}\n" for path in sorted(root.rglob("*.png")))
+    result = cnnvis("run", "model=resnet18", "model.weights=null", "model.input_size=64", "model.resize_size=64",
+                    "dataset=files", "dataset.list_file=-", "dataset.num_workers=0",
+                    "selection.criteria=[low_confidence]", "selection.threshold=1.0",
+                    f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, stdin=listing)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "r" / "heatmaps" / "gradcam").glob("*.png"))) == 2

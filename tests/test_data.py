@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import write_image_folder
+from PIL import Image
+
+from cnnvis_cli.config import DatasetConfig
+from cnnvis_cli.data import (
+    UNLABELLED,
+    BadSample,
+    FileListSource,
+    ImageFolderSource,
+    SampleSet,
+    collate,
+    label_mapping,
+    open_image,
+    open_source,
+    subset_indices,
+)
+from cnnvis_cli.errors import UserError
+from cnnvis_cli.models import Preprocess
+
+PREPROCESS = Preprocess(resize_size=40, input_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def test_image_folder_labels_by_sorted_class_folder(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path, {"pine": 1, "oak": 2})
+    (root / "oak" / "notes.txt").write_text("not an image")
+    (root / ".cache").mkdir()
+    source = ImageFolderSource(root, [".png"])
+    assert source.class_names == ["oak", "pine"]
+    assert [source.sample_id(i) for i in range(len(source))] == ["oak/img_0.png", "oak/img_1.png", "pine/img_0.png"]
+    assert [source.load(i).label for i in range(3)] == [0, 0, 1]
+
+
+def test_flat_folder_is_unlabelled(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    source = ImageFolderSource(tmp_path, [".jpg"])
+    assert source.class_names is None and source.load(0).label == UNLABELLED
+
+
+def test_missing_or_empty_folder_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=f"dataset folder not found: {tmp_path / 'nope'}"):
+        ImageFolderSource(tmp_path / "nope", [".png"])
+    with pytest.raises(UserError, match="no images"):
+        ImageFolderSource(tmp_path, [".png"])
+
+
+def test_file_list_with_names_indices_and_no_labels(tmp_path: Path, monkeypatch) -> None:
+    write_image_folder(tmp_path, {"x": 3})
+    listing = tmp_path / "list.txt"
+    listing.write_text("# comment\nx/img_0.png,dog\nx/img_1.png,cat\n\nx/img_2.png\n")
+    source = FileListSource(str(listing), None)
+    assert source.class_names == ["cat", "dog"]
+    assert [source.load(i).label for i in range(3)] == [1, 0, UNLABELLED]
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{tmp_path}/x/img_0.png,2\n"))
+    assert FileListSource("-", None).load(0).label == 2
+
+
+def test_unreadable_image_becomes_a_bad_sample_with_its_reason(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path, {"a": 1})
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    test_set = SampleSet(ImageFolderSource(root, [".png"]), PREPROCESS, [0, 1])
+    batch = collate([test_set[0], test_set[1]])
+    assert batch.indices == [1] and batch.images.shape == (1, 3, 32, 32) and batch.images.dtype == torch.uint8
+    assert len(batch.bad) == 1 and isinstance(batch.bad[0], BadSample) and batch.bad[0].sample_id == "a/broken.png"
+
+
+def test_geometry_resizes_shorter_side_then_centre_crops(tmp_path: Path) -> None:
+    pixels = np.zeros((20, 80, 3), dtype=np.uint8)
+    pixels[:, 38:42] = 255  # a white vertical bar in the centre
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    image, label, index, _ = SampleSet(ImageFolderSource(tmp_path, [".png"]), PREPROCESS, [0])[0]
+    assert image.shape == (3, 32, 32) and label == UNLABELLED and index == 0
+    assert image[0, :, 16].min() > 200 and image[0, :, 0].max() < 30
+
+
+def test_sixteen_bit_and_palette_images_become_rgb(tmp_path: Path) -> None:
+    deep = np.full((4, 4), 65535, dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    Image.new("P", (4, 4), color=3).save(tmp_path / "palette.png")
+    for name in ("deep.png", "palette.png"):
+        image = open_image(tmp_path / name)
+        assert image.mode == "RGB" and image.size == (4, 4)
+    assert np.asarray(open_image(tmp_path / "deep.png")).min() == 255
+
+
+def test_label_mapping_by_name_by_order_and_fixed() -> None:
+    class Named:
+        class_names = ["Golden_Retriever", "tabby"]
+        label_offsets = None
+
+    assert label_mapping(Named(), ["tabby", "golden retriever", "x"], 3) == [1, 0]
+    assert label_mapping(Named(), None, 2) is None
+    assert label_mapping(Named(), ["a", "b"], 2) is None  # same count, other names: the dataset's order
+    assert label_mapping(Named(), ["tabby", "b", "c"], 3) == [UNLABELLED, 0]  # no such class: unlabelled
+
+    class Fixed:
+        class_names = ["tench"]
+        label_offsets = (0, 217)
+
+    assert label_mapping(Fixed(), ["whatever"], 1000) == [0, 217]
+
+
+def test_imagenet_folders_named_by_wordnet_id_map_to_class_indices() -> None:
+    from cnnvis_cli.models import imagenet_class_names
+
+    class Wnids:
+        class_names = ["n01440764", "n03888257", "n09999999"]  # tench, parachute, no such class
+        label_offsets = None
+
+    assert label_mapping(Wnids(), imagenet_class_names(), 1000) == [0, 701, UNLABELLED]
+
+
+def test_subset_is_seeded_sorted_and_bounded() -> None:
+    assert subset_indices(5, None, 0) == [0, 1, 2, 3, 4]
+    picked = subset_indices(100, 10, seed=1)
+    assert picked == sorted(picked) and len(set(picked)) == 10 and picked == subset_indices(100, 10, seed=1)
+    assert picked != subset_indices(100, 10, seed=2)
+
+
+def test_torchvision_dataset_not_downloaded_says_how_to_fetch_it(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="dataset.download=true"):
+        open_source(DatasetConfig(name="cifar10", root=str(tmp_path), download=False))
+
+
+def test_unknown_dataset_suggests_close_names() -> None:
+    with pytest.raises(UserError, match="unknown dataset 'imagefoldr'; did you mean imagefolder"):
+        open_source(DatasetConfig(name="imagefoldr"))

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from cnnvis_cli.config import ModelConfig
+from cnnvis_cli.errors import UserError
+from cnnvis_cli.models import imagenet_class_names, inspect_layers, load_model, read_checkpoint
+
+EXPECTED_TARGET_LAYERS = {  # the last layer whose output is a spatial map, for each shipped architecture
+    "alexnet": "features", "vgg16": "features", "vgg19_bn": "features", "resnet18": "layer4",
+    "resnet50": "layer4", "densenet121": "features", "mobilenet_v3_large": "features",
+    "efficientnet_b0": "features", "convnext_tiny": "features",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_TARGET_LAYERS))
+def test_target_layer_found_automatically(name: str) -> None:
+    loaded = load_model(ModelConfig(source="torchvision", name=name, weights=None))
+    assert loaded.target_layer == EXPECTED_TARGET_LAYERS[name]
+    assert loaded.num_classes == 1000 and loaded.class_names == imagenet_class_names()
+    assert not loaded.module.training and not any(p.requires_grad for p in loaded.module.parameters())
+    assert loaded.preprocess.input_size == 224 and loaded.preprocess.mean == (0.485, 0.456, 0.406)
+
+
+def test_named_target_layer_and_unknown_one() -> None:
+    assert load_model(ModelConfig(name="vgg16", weights=None, target_layer="features.29")).target_layer == "features.29"
+    with pytest.raises(UserError, match=r"unknown target layer 'features.99'; did you mean features\.\d"):
+        load_model(ModelConfig(name="vgg16", weights=None, target_layer="features.99"))
+
+
+def test_inspect_layers_lists_spatial_outputs_in_order() -> None:
+    model = torchvision.models.resnet18(weights=None).eval()
+    layers, classes = inspect_layers(model, 64)
+    names = [layer.name for layer in layers]
+    assert classes == 1000 and names[0] == "conv1" and names[-1] == "layer4" and "avgpool" not in names
+    assert dict((layer.name, layer.shape) for layer in layers)["layer4"] == (512, 2, 2)
+
+
+def test_unknown_model_suggests_close_names() -> None:
+    with pytest.raises(UserError, match=r"unknown model 'resnet51'; did you mean resnet50"):
+        load_model(ModelConfig(name="resnet51", weights=None))
+
+
+def test_unknown_weights_name_lists_the_choices() -> None:
+    with pytest.raises(UserError, match=r"unknown weights for ResNet18_Weights 'IMAGENET_V9'"):
+        load_model(ModelConfig(name="resnet18", weights="IMAGENET_V9"))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_checkpoint_with_own_classes(tmp_path: Path, suffix: str) -> None:
+    torch.manual_seed(0)
+    trained = torchvision.models.resnet18(weights=None, num_classes=3)
+    path = tmp_path / f"model{suffix}"
+    state = {f"module.{k}": v for k, v in trained.state_dict().items()}  # as DataParallel saves it
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save({"state_dict": state}, path)
+    loaded = load_model(ModelConfig(name="resnet18", weights="DEFAULT", checkpoint=str(path), num_classes=3,
+                                    class_names=["a", "b", "c"]))
+    assert loaded.class_names == ["a", "b", "c"] and loaded.num_classes == 3
+    torch.testing.assert_close(loaded.module.fc.weight, trained.fc.weight)
+
+
+def test_checkpoint_that_does_not_fit_summarises_keys(tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=3).state_dict(), path)
+    fc_mismatch = r"does not fit the architecture: 2 wrong shape \(fc.weight \(3, 512\) vs \(1000, 512\)"
+    with pytest.raises(UserError, match=fc_mismatch):
+        load_model(ModelConfig(name="resnet18", weights=None, checkpoint=str(path)))
+    with pytest.raises(UserError, match=r"missing.*unexpected"):
+        load_model(ModelConfig(name="vgg16", weights=None, checkpoint=str(path)))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (Path.touch, (Path(_RunsCode.marker),))
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    _RunsCode.marker = str(tmp_path / "code_ran")
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"weight": _RunsCode()}))
+    with pytest.raises(UserError, match="only tensors are allowed"):
+        read_checkpoint(path)
+    assert not (tmp_path / "code_ran").exists()
+
+
+def test_custom_factory_with_kwargs_and_imagenet_names() -> None:
+    loaded = load_model(ModelConfig(source="custom", name="custom", factory="torchvision.models:mobilenet_v3_small",
+                                    kwargs={"num_classes": 1000}, class_names="imagenet", input_size=96))
+    assert loaded.num_classes == 1000 and loaded.class_names[0] == "tench" and loaded.preprocess.input_size == 96
+    with pytest.raises(UserError, match="cannot import model.factory 'nowhere.module:f'"):
+        load_model(ModelConfig(source="custom", factory="nowhere.module:f"))
+
+
+def test_class_names_that_do_not_fit_the_outputs() -> None:
+    with pytest.raises(UserError, match="has 1000 outputs but 2 class names"):
+        load_model(ModelConfig(name="resnet18", weights=None, class_names=["a", "b"]))

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from cnnvis_cli.render import colormap_lut, encode_png, overlay
+
+
+def test_lut_is_opencv_colormap_in_rgb() -> None:
+    lut = colormap_lut("jet", torch.device("cpu"))
+    bgr = cv2.applyColorMap(np.array([[0], [255]], dtype=np.uint8), cv2.COLORMAP_JET)
+    assert lut.shape == (256, 3) and lut.dtype == torch.uint8
+    assert lut[0].tolist() == bgr[0, 0, ::-1].tolist() and lut[255].tolist() == bgr[1, 0, ::-1].tolist()
+
+
+def test_overlay_blends_heat_and_image_by_alpha() -> None:
+    lut = colormap_lut("jet", torch.device("cpu"))
+    images = torch.full((1, 3, 2, 2), 100, dtype=torch.uint8)
+    maps = torch.tensor([[[0.0, 1.0], [0.5, 1.0]]])
+    assert torch.equal(overlay(images, maps, lut, 0.0)[0], images[0].permute(1, 2, 0))
+    assert overlay(images, maps, lut, 1.0)[0, 0, 1].tolist() == lut[255].tolist()
+    half = overlay(images, maps, lut, 0.5)[0, 1, 0].float()
+    expected = (0.5 * lut[128].float() + 50).round()
+    assert torch.equal(half, expected)
+
+
+def test_png_round_trip_keeps_rgb_order() -> None:
+    rgb = np.zeros((3, 4, 3), dtype=np.uint8)
+    rgb[..., 0] = 255  # red
+    decoded = cv2.imdecode(np.frombuffer(encode_png(rgb), np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == (3, 4, 3) and decoded[0, 0].tolist() == [0, 0, 255]  # BGR red

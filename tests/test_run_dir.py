@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cnnvis_cli.run_dir import RunDir, safe_name
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("golden retriever", "golden_retriever"),
+    ("../../etc/passwd", "etc_passwd"),
+    ("a/b\\c", "a_b_c"),
+    (".hidden", "hidden"),
+    ("Äpfel", "Äpfel"),
+    ("", "_"),
+    ("...", "_"),
+])
+def test_safe_name_keeps_names_readable_and_inside_one_folder(text: str, expected: str) -> None:
+    assert safe_name(text) == expected
+
+
+def test_safe_name_is_bounded() -> None:
+    assert len(safe_name("x" * 500)) == 60
+
+
+def test_paths_outside_the_run_directory_are_refused(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path / "run")
+    with pytest.raises(ValueError, match="outside the run directory"):
+        run_dir.path("..", "escape.txt")
+    assert run_dir.path("heatmaps", "a.png").parent == (tmp_path / "run" / "heatmaps").resolve()
+
+
+def test_atomic_json_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path)
+    run_dir.write_json("summary.json", {"accuracy": 0.5})
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"accuracy": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_csv_stream_is_renamed_only_when_closed_cleanly(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path)
+    with run_dir.csv_stream("ok.csv", ["a", "b"]) as csv:
+        csv.write([[1, 2], [3, 4]])
+    assert (tmp_path / "ok.csv").read_text().splitlines() == ["a,b", "1,2", "3,4"]
+    with pytest.raises(RuntimeError), run_dir.csv_stream("broken.csv", ["a"]) as csv:
+        csv.write([[1]])
+        raise RuntimeError("interrupted")
+    assert not (tmp_path / "broken.csv").exists()
+    assert (tmp_path / "broken.csv.partial").read_text().splitlines() == ["a", "1"]

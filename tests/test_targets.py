@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import pytest
+
+from cnnvis_cli.errors import UserError
+from cnnvis_cli.targets import Target, deepest_top, parse_targets, targets_for
+
+NAMES = ["oak", "pine", "building", "dishwasher"]
+
+
+def test_parse_accepts_keywords_names_and_indices() -> None:
+    assert parse_targets(["pred", "true", "top3", "dishwasher", "1"], NAMES) == ["pred", "true", "top3", 3, 1]
+
+
+def test_unknown_class_name_suggests_close_names() -> None:
+    with pytest.raises(UserError, match=r"unknown target 'dishwashr'.*did you mean dishwasher"):
+        parse_targets(["dishwashr"], NAMES)
+    with pytest.raises(UserError, match=r"unknown target '9'"):
+        parse_targets(["9"], NAMES)
+
+
+def test_targets_are_distinct_with_merged_roles() -> None:
+    parsed = parse_targets(["pred", "true", "top3", "building"], NAMES)
+    assert targets_for(parsed, predicted=2, label=0, ranked=[2, 0, 1, 3]) == [
+        Target(2, "pred+top1+named"), Target(0, "true+top2"), Target(1, "top3")]
+
+
+def test_correct_prediction_gives_one_target_and_unlabelled_skips_true() -> None:
+    parsed = parse_targets(["pred", "true"], NAMES)
+    assert targets_for(parsed, predicted=1, label=1, ranked=[1]) == [Target(1, "pred+true")]
+    assert targets_for(parsed, predicted=1, label=None, ranked=[1]) == [Target(1, "pred")]
+
+
+def test_deepest_top() -> None:
+    assert deepest_top(["pred", "top3", "top7", 2]) == 7
+    assert deepest_top(["pred"]) == 0
