@@ -227,9 +227,9 @@ def _composition_error(error: Exception) -> UserError:
 
 
 def _validate(cfg) -> None:
-    from cnnvis_cli.config import load_run_config
+    from cnnvis_cli.config import check_paths, load_run_config
 
-    load_run_config(cfg)
+    check_paths(load_run_config(cfg))
 
 
 def _first_line(text: str) -> str:

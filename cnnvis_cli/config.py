@@ -194,6 +194,20 @@ def check_run_config(cfg: RunConfig) -> None:
         raise UserError("targets is empty; use for example targets=[pred,true]")
 
 
+def check_paths(cfg: RunConfig) -> None:
+    """The files and folders the config names exist (checked before a run directory is made)."""
+    from pathlib import Path
+
+    dataset = cfg.dataset
+    if dataset.name == "imagefolder" and dataset.root and not Path(dataset.root).expanduser().is_dir():
+        raise UserError(f"dataset folder not found: {Path(dataset.root).expanduser()} (set dataset.root=PATH)")
+    if dataset.name == "files" and dataset.list_file not in (None, "-") \
+            and not Path(dataset.list_file).expanduser().is_file():
+        raise UserError(f"dataset.list_file not found: {Path(dataset.list_file).expanduser()}")
+    if cfg.model.checkpoint and not Path(cfg.model.checkpoint).expanduser().is_file():
+        raise UserError(f"model.checkpoint not found: {Path(cfg.model.checkpoint).expanduser()}")
+
+
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         matches = close_matches(value, choices)

@@ -79,6 +79,7 @@ def test_user_mistakes_are_one_line_with_exit_code_2(args: list[str], message: s
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line, no traceback
     assert message in result.stderr and result.stdout == ""
+    assert not (tmp_path / "outputs").exists()  # refused before a run directory was made
 
 
 def test_list_commands(tmp_path: Path) -> None:
