@@ -240,9 +240,10 @@ def _first_line(text: str) -> str:
 
 
 def _list(argv: list[str]) -> int:
-    if not argv or argv[0] not in LISTABLE:
-        raise UserError(f"usage: cnnvis list {{{'|'.join(LISTABLE)}}}" if not argv else
-                        str(unknown_name("list", argv[0], LISTABLE)))
+    if not argv:
+        raise UserError(f"usage: cnnvis list {{{'|'.join(LISTABLE)}}}")
+    if argv[0] not in LISTABLE:
+        raise unknown_name("list", argv[0], LISTABLE)
     what, overrides = argv[0], argv[1:]
     if what == "layers":
         return _list_layers(overrides)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -372,7 +372,7 @@ def subset_indices(size: int, limit: int | None, seed: int) -> list[int]:
     return sorted(torch.randperm(size, generator=generator)[:limit].tolist())
 
 
-def make_loader(test_set: SampleSet, batch_size: int, num_workers: int, pin_memory: bool,
-                collate_fn: Callable = collate) -> DataLoader:
-    return DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=pin_memory, collate_fn=collate_fn, persistent_workers=False)
+def make_loader(samples: SampleSet, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    """Batches in order; unreadable samples travel in `Batch.bad` instead of stopping the loader."""
+    return DataLoader(samples, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=pin_memory, collate_fn=collate)

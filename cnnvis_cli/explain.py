@@ -7,6 +7,7 @@ finished overlays to the CPU for PNG encoding.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,8 +102,6 @@ def _label_name(predictions: Predictions, row: int, class_names: list[str]) -> s
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     np.save(buffer, array.astype(np.float32))
     return buffer.getvalue()

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cnnvis_cli.data import UNLABELLED, BadSample, Batch
+from cnnvis_cli.device import autocast
 from cnnvis_cli.models import Preprocess
 from cnnvis_cli.progress import progress_bar
 from cnnvis_cli.run_dir import CsvStream
@@ -57,11 +58,6 @@ def prediction_header(topk: int, extra_columns: Iterable[str]) -> list[str]:
         "index", "sample_id", "label", "label_name", "predicted", "predicted_name", "correct",
         "confidence", "margin", "entropy", "loss", f"top{topk}_classes", f"top{topk}_probs", *extra_columns,
     ]
-
-
-def autocast(device: torch.device, enabled: bool):
-    """Mixed precision on CUDA when asked for; a no-op elsewhere."""
-    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
 
 
 def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, device: torch.device, *,

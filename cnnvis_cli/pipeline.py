@@ -28,6 +28,7 @@ from cnnvis_cli.data import (
     subset_indices,
     unmatched_classes,
 )
+from cnnvis_cli.device import resolve_device
 from cnnvis_cli.errors import UserError
 from cnnvis_cli.explain import Explained, RenderOptions, explain_cases
 from cnnvis_cli.inference import Predictions, predict, prediction_header
@@ -45,19 +46,6 @@ class RunResult:
     run_dir: Path
     summary: dict[str, Any]
     records: list[dict[str, Any]] = field(default_factory=list)  # one per selected sample, for JSON lines
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` is CUDA when present, then Apple's MPS, else the CPU; a named device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but CUDA is not available here; use device=auto or device=cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device=mps but MPS is not available here; use device=auto or device=cpu")
-    return torch.device(name)
 
 
 def run(cfg: RunConfig, output_dir: Path) -> RunResult:

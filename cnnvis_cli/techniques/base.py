@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnvis_cli.device import autocast
+
 NORMALISATION = (
     "per map: ReLU, bilinear upsampling (align_corners=False) to the input size, mean over layers, "
     "then (map - min) / (max - min); a constant map becomes zeros"
@@ -138,7 +140,7 @@ class CamTechnique(ABC):
             return images.new_zeros((0, *images.shape[-2:]))
         with eval_mode(self.model):
             with LayerCapture(self.model, self.layers, self.needs_gradients) as capture:
-                with torch.set_grad_enabled(self.needs_gradients), self._autocast(images.device):
+                with torch.set_grad_enabled(self.needs_gradients), autocast(images.device, self.amp):
                     logits = self.model(images)
                 gradients = self._gradients(logits, capture.activations, image_rows, targets)
             maps = []
@@ -179,7 +181,3 @@ class CamTechnique(ABC):
             for layer, grad in zip(self.layers, grads, strict=True):
                 result[layer][rows] = grad[image_rows[rows]].float()
         return result
-
-    def _autocast(self, device: torch.device):
-        return torch.autocast(device_type=device.type, dtype=torch.float16,
-                              enabled=self.amp and device.type == "cuda")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnvis_cli.device import autocast
 from cnnvis_cli.techniques.base import CamTechnique, normalise_maps
 
 
@@ -50,7 +51,7 @@ class ScoreCAM(CamTechnique):
             channel_maps = activation[image_index, channels[image_index, slot]]
             masks = normalise_maps(F.interpolate(channel_maps[:, None], size=images.shape[-2:],
                                                  mode="bilinear", align_corners=False)[:, 0])
-            with self._autocast(images.device):
+            with autocast(images.device, self.amp):
                 logits = self.model(images[image_index] * masks[:, None])
             has_region = masks.flatten(1).amax(dim=1, keepdim=True) > 0  # constant channels score 0
             scores[image_index, slot] = logits.float().softmax(dim=1)[:, classes] * has_region

@@ -1,0 +1,25 @@
+"""Which device a run uses, and mixed precision on it."""
+
+from __future__ import annotations
+
+import torch
+
+from cnnvis_cli.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, then Apple's MPS, else the CPU; a named device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but CUDA is not available here; use device=auto or device=cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device=mps but MPS is not available here; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """float16 autocast on CUDA when `enabled`; a no-op elsewhere."""
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
