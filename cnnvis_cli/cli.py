@@ -291,6 +291,8 @@ def _list_layers(overrides: list[str]) -> int:
     from cnnvis_cli.models import inspect_layers, load_model
 
     cfg = load_run_config(compose(overrides))
+    if cfg.model.source == "torchvision":
+        cfg.model.weights = None  # the architecture is enough: no download to list layers
     loaded = load_model(cfg.model)
     layers, _ = inspect_layers(loaded.module, loaded.preprocess.input_size)
     print(f"layers of {loaded.name} with a spatial output at {loaded.preprocess.input_size} px "
