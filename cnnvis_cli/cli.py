@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnnvis_cli import __version__
-from cnnvis_cli.errors import UserError, unknown_name
+from cnnvis_cli.errors import UserError, first_line, unknown_name
 
 GROUPS = ("model", "dataset", "selection", "technique")
 LISTABLE = ("models", "techniques", "datasets", "selections", "layers")
@@ -163,17 +163,29 @@ def check_overrides(argv: list[str]) -> None:
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException as error:
-        raise UserError(f"cannot parse the overrides: {_first_line(str(error))}") from error
+        raise UserError(f"cannot parse the overrides: {first_line(str(error))}") from error
     first = [_override_with(o, None) for o in overrides]
-    variants = [first]
+    variants = [first]  # the first value of every sweep, then each other value of each sweep in turn
     for position, override in enumerate(overrides):
-        if override.is_sweep_override() and override.key_or_group in GROUPS:
+        if override.is_sweep_override():
             for value in list(override.sweep_string_iterator())[1:]:
                 variants.append([*first[:position], _override_with(override, value), *first[position + 1:]])
     for variant in variants:
         if args.config_dir:
-            variant = [*variant, f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]"]
+            variant = _with_search_dir(variant, Path(args.config_dir).expanduser().resolve())
         _validate(compose(variant, args.config_name or "config"))
+
+
+def _with_search_dir(overrides: list[str], folder: Path) -> list[str]:
+    """Add `folder` (from -cd) to the `hydra.searchpath` override, or add that override."""
+    entry = f"file://{folder}"
+    for position, override in enumerate(overrides):
+        key, _, value = override.partition("=")
+        if key.lstrip("+") == "hydra.searchpath":
+            listed = value.strip().removeprefix("[").removesuffix("]").strip()
+            return [*overrides[:position], f"{key}=[{listed + ',' if listed else ''}{entry}]",
+                    *overrides[position + 1:]]
+    return [*overrides, f"hydra.searchpath=[{entry}]"]
 
 
 def _override_with(override, value: str | None) -> str:
@@ -200,11 +212,11 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config"):
         group, _, name = str(error.missing_cfg_file).rpartition("/")
         if group in GROUPS and error.options:
             raise unknown_name(group, name, error.options, f"cnnvis list {group}s") from error
-        raise UserError(_first_line(str(error))) from error
+        raise UserError(first_line(str(error))) from error
     except ConfigCompositionException as error:
         raise _composition_error(error) from error
     except HydraException as error:
-        raise UserError(_first_line(str(error))) from error
+        raise UserError(first_line(str(error))) from error
 
 
 def _composition_error(error: Exception) -> UserError:
@@ -219,11 +231,11 @@ def _composition_error(error: Exception) -> UserError:
     where = re.match(r"In '([^']+)'", text)
     prefix = f"in config file {where.group(1)}.yaml: " if where else ""
     if full_key and (isinstance(cause, ValidationError) or "ValidationError" in text):
-        detail = _first_line(getattr(cause, "msg", None) or text.split("\n", 1)[-1])
+        detail = first_line(getattr(cause, "msg", None) or text.split("\n", 1)[-1])
         return UserError(f"{prefix}invalid value for '{full_key}': {detail}")
     if full_key and (isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or "Key '" in text):
         return UserError(f"{prefix}{unknown_key(str(full_key))}")
-    return UserError(_first_line(text))
+    return UserError(first_line(text))
 
 
 def _validate(cfg) -> None:
@@ -231,9 +243,6 @@ def _validate(cfg) -> None:
 
     check_paths(load_run_config(cfg))
 
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), text)
 
 
 # --- list -----------------------------------------------------------------------------------------

@@ -13,15 +13,16 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from cnnvis_cli.errors import UserError, close_matches, unknown_name
+from cnnvis_cli.errors import UserError, close_matches, first_line, unknown_name
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 STDOUT_MODES = ("path", "jsonl")
 SELECTION_MODES = ("any", "all")
 SELECTION_ORDERS = ("least_confident", "highest_loss", "random")
-COLORMAPS = (
+COLORMAPS = (  # OpenCV's colormaps, by the lower-case name of their cv2.COLORMAP_ constant
     "autumn", "bone", "jet", "winter", "rainbow", "ocean", "summer", "spring", "cool", "hsv", "pink",
-    "hot", "parula", "magma", "inferno", "plasma", "viridis", "cividis", "twilight", "turbo",
+    "hot", "parula", "magma", "inferno", "plasma", "viridis", "cividis", "twilight", "twilight_shifted",
+    "turbo", "deepgreen",
 )
 
 
@@ -134,9 +135,9 @@ def load_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     except ConfigKeyError as error:
         raise unknown_key(str(error.full_key or error.key)) from error
     except ValidationError as error:
-        raise UserError(f"invalid value for '{error.full_key}': {_first_line(error.msg)}") from error
+        raise UserError(f"invalid value for '{error.full_key}': {first_line(error.msg)}") from error
     except OmegaConfBaseException as error:
-        raise UserError(f"invalid configuration: {_first_line(str(error))}") from error
+        raise UserError(f"invalid configuration: {first_line(str(error))}") from error
     # YAML and Hydra read a bare `true` as a boolean, which the schema turns into "True"
     run_config.targets = ["true" if target == "True" else target for target in run_config.targets]
     check_run_config(run_config)
@@ -228,6 +229,3 @@ def unknown_key(full_key: str) -> UserError:
     )
     return UserError(f"unknown config key '{full_key}'; {hint}")
 
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text

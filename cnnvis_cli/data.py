@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from cnnvis_cli.config import DatasetConfig
-from cnnvis_cli.errors import UserError, unknown_name
+from cnnvis_cli.errors import UserError, first_line, unknown_name
 from cnnvis_cli.models import Preprocess
 
 IMAGENETTE_TO_IMAGENET = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)
@@ -67,6 +67,10 @@ class Source:
     def path(self, index: int) -> Path | None:
         """The sample's file, when it has one."""
         return None
+
+    def highest_label(self) -> int | None:
+        """The largest label index a sample can have (None when unlabelled)."""
+        return len(self.class_names) - 1 if self.class_names else None
 
 
 def open_image(path: Path) -> Image.Image:
@@ -145,10 +149,15 @@ class FileListSource(Source):
         self.class_names = list(class_names) if class_names else (sorted(set(named)) if named else None)
         self.samples = [(_resolve(base, row[0]), self._label(label)) for row, label in zip(rows, labels, strict=True)]
 
+    def highest_label(self) -> int | None:
+        return max((label for _, label in self.samples), default=None) if self.samples else None
+
     def _label(self, label: str) -> int:
         if not label:
             return UNLABELLED
         if label.lstrip("-").isdigit():
+            if int(label) < 0:
+                raise UserError(f"label {label} in the list file is negative; use a class index or name")
             return int(label)
         if self.class_names is None or label not in self.class_names:
             raise unknown_name("label", label, self.class_names or [], "set dataset.class_names")
@@ -190,6 +199,8 @@ class TorchvisionSource(Source):
                 split = "train" if train else "val"
                 self.dataset = datasets.Imagenette(str(root), split=split, size=cfg.size, download=cfg.download)
                 self.label_offsets = IMAGENETTE_TO_IMAGENET
+        except OSError as error:  # a failed download: no network, a proxy, a full disk
+            raise UserError(f"could not download {cfg.name} into {root}: {first_line(str(error))}") from error
         except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
             raise UserError(
                 f"{cfg.name} not found under {root}; add dataset.download=true to fetch it, "
@@ -270,12 +281,13 @@ def open_source(cfg: DatasetConfig) -> Source:
 def label_mapping(source: Source, model_class_names: list[str] | None, num_classes: int) -> list[int] | None:
     """Map the source's label indices onto the model's class indices; None when they already agree.
 
-    A fixed mapping from the source wins (Imagenette -> ImageNet). Else, when the model knows its class
-    names, labels are matched by name (case, `_` and `-` ignored); a dataset with as many classes as the
-    model but other names keeps its order. Classes the model does not have map to UNLABELLED: their
-    samples are still predicted and can be selected by confidence, but never count as right or wrong.
+    A fixed mapping from the source wins for a 1000-class model (Imagenette -> ImageNet). Else, when the
+    model knows its class names, labels are matched by name (case ignored, `_` and `-` read as spaces);
+    a dataset with as many classes as the model and none of its names keeps its order. Classes the model
+    does not have map to UNLABELLED: their samples are still predicted and can be selected by confidence,
+    but never count as right or wrong.
     """
-    if source.label_offsets is not None:
+    if source.label_offsets is not None and num_classes == 1000:
         return list(source.label_offsets)
     names = source.class_names
     if names is None or model_class_names is None or names == model_class_names:
@@ -284,8 +296,8 @@ def label_mapping(source: Source, model_class_names: list[str] | None, num_class
     if num_classes == 1000 and all(_WNID.fullmatch(name) for name in names):
         lookup = {wnid: index for index, wnid in enumerate(imagenet_wnids())}  # ImageNet's own folder names
     mapped = [lookup.get(_normalise_name(name), UNLABELLED) for name in names]
-    if UNLABELLED in mapped and len(names) == num_classes:
-        return None  # same number of classes, other names: the dataset's order is the model's order
+    if all(index == UNLABELLED for index in mapped) and len(names) == num_classes:
+        return None  # same number of classes, none of the names: the dataset's order is the model's order
     return mapped
 
 
@@ -348,6 +360,12 @@ class Batch:
     indices: list[int]
     extras: list[dict[str, str]]
     bad: list[BadSample]
+
+    def pin_memory(self) -> Batch:
+        """Called by the DataLoader with pin_memory=True, so copies to CUDA can overlap with work."""
+        self.images = self.images.pin_memory()
+        self.labels = self.labels.pin_memory()
+        return self
 
 
 def collate(items: list) -> Batch:

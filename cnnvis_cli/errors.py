@@ -22,3 +22,8 @@ def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -
     suggestion = f"did you mean {', '.join(matches)}?" if matches else f"known: {', '.join(choices)}"
     message = f"unknown {kind} '{name}'; {suggestion}"
     return UserError(f"{message} ({hint})" if hint else message)
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line of a (library's) error message."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), text.strip())

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cnnvis_cli.data import UNLABELLED, Batch
-from cnnvis_cli.inference import Predictions, normalise
+from cnnvis_cli.inference import Predictions, class_name, normalise
 from cnnvis_cli.models import Preprocess
 from cnnvis_cli.progress import progress_bar
 from cnnvis_cli.render import colormap_lut, encode_png, overlay
@@ -64,8 +64,11 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
             batch_cases = [case_of_index[index] for index in batch.indices]
             rows = [(position, target) for position, case in enumerate(batch_cases)
                     for target in _targets(case, predictions, parsed_targets)]
-            image_rows = torch.tensor([position for position, _ in rows], device=device)
-            target_classes = torch.tensor([target.class_index for _, target in rows], device=device)
+            if not rows:  # e.g. targets=[true] on unlabelled images
+                bar.advance(task, len(batch.indices))
+                continue
+            image_rows = torch.tensor([position for position, _ in rows], dtype=torch.long, device=device)
+            target_classes = torch.tensor([target.class_index for _, target in rows], dtype=torch.long, device=device)
             images = batch.images.to(device, non_blocking=True)
             model_input = normalise(images, preprocess)
             for technique in techniques:
@@ -75,7 +78,7 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                 for row, (position, target) in enumerate(rows):
                     case = batch_cases[position]
                     name = heatmap_name(batch.indices[position], predictions.sample_ids[case.row],
-                                        _label_name(predictions, case.row, class_names),
+                                        class_name(class_names, int(predictions.labels[case.row]), "unknown"),
                                         class_names[target.class_index])
                     record = explained[case.row]
                     path = f"heatmaps/{technique.name}/{name}.png"
@@ -94,11 +97,6 @@ def _targets(case: Case, predictions: Predictions, parsed_targets: list[str | in
     return targets_for(parsed_targets, int(predictions.predicted[case.row]),
                        None if label == UNLABELLED else label,
                        [int(c) for c in predictions.topk_classes[case.row]])
-
-
-def _label_name(predictions: Predictions, row: int, class_names: list[str]) -> str:
-    label = int(predictions.labels[row])
-    return class_names[label] if 0 <= label < len(class_names) else "unknown"
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

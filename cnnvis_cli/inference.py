@@ -53,6 +53,11 @@ class Predictions:
         return float(self.correct.sum() / labelled) if labelled else None
 
 
+def class_name(class_names: list[str], index: int, missing: str = "") -> str:
+    """The name of class `index`, or `missing` for an unlabelled sample."""
+    return class_names[index] if 0 <= index < len(class_names) else missing
+
+
 def prediction_header(topk: int, extra_columns: Iterable[str]) -> list[str]:
     return [
         "index", "sample_id", "label", "label_name", "predicted", "predicted_name", "correct",
@@ -132,7 +137,7 @@ def _rows(batch: Batch, ids: list[str], stats: dict[str, np.ndarray], class_name
         predicted = int(stats["predicted"][row])
         yield [
             index, ids[row], label if label != UNLABELLED else "",
-            class_names[label] if 0 <= label < len(class_names) else "",
+            class_name(class_names, label),
             predicted, class_names[predicted],
             int(label == predicted) if label != UNLABELLED else "",
             f"{stats['confidence'][row]:.6f}", f"{stats['margin'][row]:.6f}", f"{stats['entropy'][row]:.6f}",

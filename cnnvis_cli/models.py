@@ -49,6 +49,7 @@ class LoadedModel:
     class_names: list[str] | None
     num_classes: int
     target_layer: str
+    layers: list[LayerInfo]  # every layer with a spatial output, in the order they run
     class_names_from_dataset: bool = False
 
 
@@ -73,7 +74,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             f"model '{cfg.name}' has {num_classes} outputs but {len(class_names)} class names; "
             "make model.class_names match model.num_classes"
         )
-    return LoadedModel(module, cfg.name, preprocess, class_names, num_classes, target_layer, from_dataset)
+    return LoadedModel(module, cfg.name, preprocess, class_names, num_classes, target_layer, layers, from_dataset)
 
 
 def torchvision_model_names() -> list[str]:
@@ -260,12 +261,14 @@ def inspect_layers(module: nn.Module, input_size: int) -> tuple[list[LayerInfo],
 
 
 def resolve_target_layer(module: nn.Module, requested: str | None, layers: list[LayerInfo]) -> str:
-    """The requested layer if it exists, else the last layer whose output is a spatial feature map."""
+    """The requested layer if it has a spatial output, else the last layer whose output is a spatial map."""
     if requested:
-        names = dict(module.named_modules())
-        if requested not in names:
-            candidates = [layer.name for layer in layers]
+        candidates = [layer.name for layer in layers]
+        if requested not in dict(module.named_modules()):
             raise unknown_name("target layer", requested, candidates, "cnnvis list layers model=...")
+        if requested not in candidates:
+            raise UserError(f"layer '{requested}' has no spatial output (N x C x H x W) for a CAM; "
+                            f"choose one of cnnvis list layers, e.g. {candidates[-1] if candidates else '?'}")
         return requested
     if not layers:
         raise UserError("the model has no layer with a spatial output; set model.target_layer")

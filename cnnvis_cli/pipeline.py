@@ -31,8 +31,8 @@ from cnnvis_cli.data import (
 from cnnvis_cli.device import resolve_device
 from cnnvis_cli.errors import UserError
 from cnnvis_cli.explain import Explained, RenderOptions, explain_cases
-from cnnvis_cli.inference import Predictions, predict, prediction_header
-from cnnvis_cli.models import LoadedModel, load_model
+from cnnvis_cli.inference import Predictions, class_name, predict, prediction_header
+from cnnvis_cli.models import LoadedModel, load_model, resolve_target_layer
 from cnnvis_cli.run_dir import RunDir
 from cnnvis_cli.selection import Selection, select
 from cnnvis_cli.targets import deepest_top, parse_targets
@@ -69,13 +69,15 @@ def run(cfg: RunConfig, output_dir: Path) -> RunResult:
     loaded.module.to(device)
     class_names = _class_names(loaded, source.class_names)
     label_map = label_mapping(source, loaded.class_names, loaded.num_classes)
+    _check_labels(source.highest_label(), len(label_map) if label_map is not None else loaded.num_classes)
     unmatched = unmatched_classes(source, label_map)
     if unmatched:
         log.warning("%d dataset classes are not classes of the model; their samples count as unlabelled: %s",
                     len(unmatched), ", ".join(unmatched[:10]) + (", ..." if len(unmatched) > 10 else ""))
     parsed_targets = parse_targets(cfg.targets, class_names)
     indices = subset_indices(len(source), cfg.dataset.limit, cfg.dataset.seed)
-    layers = cfg.technique.layers or [loaded.target_layer]
+    layers = [resolve_target_layer(loaded.module, name, loaded.layers) for name in cfg.technique.layers] \
+        if cfg.technique.layers else [loaded.target_layer]
     techniques = [build_technique(name, loaded.module, layers, cfg.technique, cfg.amp) for name in cfg.techniques]
     log.info("model %s (%d classes, target layer %s) on %s; %d test samples from %s",
              loaded.name, loaded.num_classes, ", ".join(layers), device, len(indices), cfg.dataset.name)
@@ -125,10 +127,16 @@ def _class_names(loaded: LoadedModel, dataset_names: list[str] | None) -> list[s
         count = "no class names" if dataset_names is None else f"{len(dataset_names)} classes"
         raise UserError(f"model.class_names=dataset but the dataset has {count} and the model "
                         f"{loaded.num_classes} outputs; set model.num_classes or list model.class_names")
-    if dataset_names is not None and len(dataset_names) > loaded.num_classes:
-        raise UserError(f"the dataset has {len(dataset_names)} classes but the model only {loaded.num_classes} "
-                        "outputs; set model.num_classes to match")
+    if dataset_names is not None:
+        raise UserError(f"the dataset has {len(dataset_names)} classes but the model {loaded.num_classes} outputs "
+                        "and no class names; set model.class_names (or model.num_classes to match)")
     return [f"class_{index}" for index in range(loaded.num_classes)]
+
+
+def _check_labels(highest: int | None, label_count: int) -> None:
+    if highest is not None and highest >= label_count:
+        raise UserError(f"the dataset has label {highest} but only labels 0..{label_count - 1} fit the model; "
+                        "check the labels, model.num_classes and model.class_names")
 
 
 def _write_errors(run_dir: RunDir, predictions: Predictions) -> None:
@@ -144,7 +152,7 @@ def _write_selected(run_dir: RunDir, predictions: Predictions, selection: Select
     with run_dir.csv_stream("selected.csv", header) as csv:
         csv.write(
             [rank, int(predictions.indices[case.row]), predictions.sample_ids[case.row],
-             _name(class_names, int(predictions.labels[case.row])),
+             class_name(class_names, int(predictions.labels[case.row])),
              class_names[int(predictions.predicted[case.row])],
              f"{predictions.confidence[case.row]:.6f}", f"{predictions.margin[case.row]:.6f}",
              f"{predictions.entropy[case.row]:.6f}",
@@ -152,10 +160,6 @@ def _write_selected(run_dir: RunDir, predictions: Predictions, selection: Select
              "|".join(case.reasons), *(int(flag[case.row]) for flag in selection.flags.values())]
             for rank, case in enumerate(selection.cases, start=1)
         )
-
-
-def _name(class_names: list[str], index: int) -> str:
-    return class_names[index] if 0 <= index < len(class_names) else ""
 
 
 def _summary(cfg: RunConfig, loaded: LoadedModel, layers: list[str], device: torch.device,
@@ -208,7 +212,7 @@ def _record(item: Explained, predictions: Predictions, class_names: list[str], s
         "index": int(predictions.indices[row]),
         "id": predictions.sample_ids[row],
         "path": None if path is None else str(path),
-        "label": _name(class_names, label) or None,
+        "label": class_name(class_names, label) or None,
         "prediction": class_names[int(predictions.predicted[row])],
         "confidence": round(float(predictions.confidence[row]), 6),
         "reasons": list(item.case.reasons),

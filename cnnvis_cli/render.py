@@ -6,17 +6,11 @@ import cv2
 import numpy as np
 import torch
 
-_COLORMAP_IDS = {
-    name: getattr(cv2, f"COLORMAP_{name.upper()}")
-    for name in ("autumn", "bone", "jet", "winter", "rainbow", "ocean", "summer", "spring", "cool", "hsv",
-                 "pink", "hot", "parula", "magma", "inferno", "plasma", "viridis", "cividis", "twilight", "turbo")
-}
-
 
 def colormap_lut(name: str, device: torch.device) -> torch.Tensor:
     """OpenCV's colormap `name` as a 256 x 3 uint8 RGB lookup table on `device`."""
     ramp = np.arange(256, dtype=np.uint8)[:, None]
-    bgr = cv2.applyColorMap(ramp, _COLORMAP_IDS[name])[:, 0, :]
+    bgr = cv2.applyColorMap(ramp, getattr(cv2, f"COLORMAP_{name.upper()}"))[:, 0, :]
     return torch.from_numpy(np.ascontiguousarray(bgr[:, ::-1])).to(device)
 
 

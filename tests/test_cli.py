@@ -71,6 +71,7 @@ def test_jsonl_output_is_one_object_per_selected_sample(tmp_path: Path) -> None:
     (["run", "dataset=imagefolder", "dataset.root=/no/such/folder"], "dataset folder not found: /no/such/folder"),
     (["run", "selection.threshold=2"], "selection.threshold=2.0 is outside [0, 1]"),
     (["run", "-m", "technique=gradcam,scorecamm"], "unknown technique 'scorecamm'; did you mean scorecam"),
+    (["run", "-m", "selection.threshold=0.3,1.5"], "selection.threshold=1.5 is outside [0, 1]"),
     (["run", "selection.treshold=0.3"], "unknown config key 'selection.treshold'; did you mean selection.threshold"),
     (["list", "modles"], "unknown list 'modles'; did you mean models"),
 ])
@@ -89,6 +90,19 @@ def test_list_commands(tmp_path: Path) -> None:
     assert "label_not_in_topk" in cnnvis("list", "selections", cwd=tmp_path).stdout
     layers = cnnvis("list", "layers", "model=resnet18", cwd=tmp_path)  # no weights needed, so no download
     assert layers.returncode == 0 and "* layer4" in layers.stdout
+
+
+def test_config_dir_flag_and_searchpath_together(tmp_path: Path) -> None:
+    for folder, option in (("one", "mine"), ("two", "yours")):
+        (tmp_path / folder / "model").mkdir(parents=True)
+        (tmp_path / folder / "model" / f"{option}.yaml").write_text("source: demo\nname: demo\n")
+    result = cnnvis("run", "-cd", str(tmp_path / "one"), f"hydra.searchpath=[file://{tmp_path / 'two'}]",
+                    "model=yours", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for option in ("mine", "yours"):
+        result = cnnvis("run", "-cd", str(tmp_path / "one"), f"hydra.searchpath=[file://{tmp_path / 'two'}]",
+                        f"model={option}", "dataset.limit=8", f"hydra.run.dir={tmp_path / option}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
 
 
 def test_hydra_cfg_flag_prints_the_composed_config(tmp_path: Path) -> None:

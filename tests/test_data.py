@@ -62,6 +62,12 @@ def test_file_list_with_names_indices_and_no_labels(tmp_path: Path, monkeypatch)
     assert FileListSource("-", None).load(0).label == 2
 
 
+def test_negative_label_in_a_file_list_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "list.txt").write_text("a.png,-3\n")
+    with pytest.raises(UserError, match="label -3 in the list file is negative"):
+        FileListSource(str(tmp_path / "list.txt"), None)
+
+
 def test_unreadable_image_becomes_a_bad_sample_with_its_reason(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path, {"a": 1})
     (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
@@ -99,12 +105,14 @@ def test_label_mapping_by_name_by_order_and_fixed() -> None:
     assert label_mapping(Named(), None, 2) is None
     assert label_mapping(Named(), ["a", "b"], 2) is None  # same count, other names: the dataset's order
     assert label_mapping(Named(), ["tabby", "b", "c"], 3) == [UNLABELLED, 0]  # no such class: unlabelled
+    assert label_mapping(Named(), ["a", "tabby"], 2) == [UNLABELLED, 1]  # one name matches: names win
 
     class Fixed:
         class_names = ["tench"]
         label_offsets = (0, 217)
 
     assert label_mapping(Fixed(), ["whatever"], 1000) == [0, 217]
+    assert label_mapping(Fixed(), None, 1) is None  # a model trained on the dataset's own classes
 
 
 def test_imagenet_folders_named_by_wordnet_id_map_to_class_indices() -> None:

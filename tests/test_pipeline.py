@@ -9,7 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import run_config
+from helpers import run_config, write_image_folder
+from PIL import Image
 
 from cnnvis_cli.cli import config_dir
 from cnnvis_cli.errors import UserError
@@ -104,5 +105,36 @@ def test_dataset_classes_beyond_the_model_outputs_are_a_user_error(image_folder:
     (image_folder / "dog" / "img_0.png").rename(image_folder / "cow" / "img_0.png")
     cfg = run_config("model=resnet18", "model.weights=null", "model.num_classes=2", "dataset=imagefolder",
                      f"dataset.root={image_folder}")
-    with pytest.raises(UserError, match="the dataset has 3 classes but the model only 2 outputs"):
+    with pytest.raises(UserError, match="the dataset has 3 classes but the model 2 outputs and no class names"):
         run(cfg, tmp_path)
+
+
+def test_file_list_label_beyond_the_model_is_a_user_error(image_folder: Path, tmp_path: Path) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{image_folder}/cat/img_0.png,7\n")
+    cfg = run_config("model=resnet18", "model.weights=null", "model.num_classes=3", "dataset=files",
+                     f"dataset.list_file={listing}")
+    with pytest.raises(UserError, match=r"the dataset has label 7 but only labels 0..2 fit the model"):
+        run(cfg, tmp_path / "run")
+
+
+def test_unlabelled_images_with_only_true_targets_give_no_heatmaps(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "flat", {"": 0})
+    for index in range(3):
+        Image.new("RGB", (40, 40), (index * 60, 10, 10)).save(tmp_path / "flat" / f"{index}.png")
+    cfg = run_config("model=resnet18", "model.weights=null", "model.input_size=64", "model.resize_size=64",
+                     "dataset=imagefolder", f"dataset.root={tmp_path / 'flat'}", "dataset.num_workers=0",
+                     "selection.criteria=[low_confidence]", "selection.threshold=1.0", "targets=[true]")
+    result = run(cfg, tmp_path / "run")
+    assert result.summary["selection"]["selected"] == 3 and result.summary["heatmaps"] == 0
+
+
+@pytest.mark.parametrize(("layers", "message"), [
+    ("[layer9]", r"unknown target layer 'layer9'; did you mean layer\d"),
+    ("[fc]", r"layer 'fc' has no spatial output"),
+])
+def test_bad_technique_layers_are_user_errors_before_inference(layers: str, message: str, tmp_path: Path) -> None:
+    cfg = run_config("model=resnet18", "model.weights=null", f"technique.layers={layers}")
+    with pytest.raises(UserError, match=message):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "predictions.csv").exists()

@@ -19,6 +19,4 @@ __all__ = ["NORMALISATION", "TECHNIQUES", "CamTechnique", "build_technique"]
 def build_technique(name: str, model: nn.Module, layers: Sequence[str], options: TechniqueConfig,
                     amp: bool = False) -> CamTechnique:
     """An instance of technique `name` with the run's options."""
-    if name == ScoreCAM.name:
-        return ScoreCAM(model, layers, amp=amp, batch_size=options.batch_size, max_channels=options.max_channels)
-    return TECHNIQUES[name](model, layers, amp=amp)
+    return TECHNIQUES[name].from_options(model, layers, options, amp)

@@ -10,8 +10,9 @@ Conventions, shared by all techniques:
   operations downstream (in-place ReLU, ResNet's `out += identity`) never alter what was captured;
 - gradients are taken with `torch.autograd.grad` with respect to those activations only: no parameter
   gradients, and each image's activations are computed once however many targets it has;
-- maps are ReLU-ed, upsampled bilinearly (`align_corners=False`) to the input size, averaged over
-  layers when several are given, and min-max normalised per map; a constant map becomes zeros.
+- maps are ReLU-ed, upsampled bilinearly (`align_corners=False`) to the input size and min-max
+  normalised per map; with several layers, the normalised maps are averaged (so no layer dominates by its
+  scale) and normalised again; a constant map becomes zeros.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnvis_cli.config import TechniqueConfig
 from cnnvis_cli.device import autocast
 
 NORMALISATION = (
-    "per map: ReLU, bilinear upsampling (align_corners=False) to the input size, mean over layers, "
-    "then (map - min) / (max - min); a constant map becomes zeros"
+    "per map and layer: ReLU, bilinear upsampling (align_corners=False) to the input size, then "
+    "(map - min) / (max - min); several layers: the mean of their normalised maps, normalised again; "
+    "a constant map becomes zeros"
 )
 
 
@@ -133,6 +136,12 @@ class CamTechnique(ABC):
         self.layers = list(layers)
         self.amp = amp
 
+    @classmethod
+    def from_options(cls, model: nn.Module, layers: Sequence[str], options: TechniqueConfig,
+                     amp: bool = False) -> CamTechnique:
+        """An instance with the run's technique options (subclasses take the options they have)."""
+        return cls(model, layers, amp=amp)
+
     def explain(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """R maps in [0, 1] at the images' size, one per (image_rows[r], targets[r]) pair."""
         check_rows(images, image_rows, targets)
@@ -151,9 +160,9 @@ class CamTechnique(ABC):
                 if weights.ndim == 2:
                     weights = weights[:, :, None, None]
                 cam = F.relu((weights * activation[image_rows]).sum(dim=1))
-                maps.append(F.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear",
-                                          align_corners=False)[:, 0])
-        return normalise_maps(torch.stack(maps).mean(dim=0))
+                maps.append(normalise_maps(F.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear",
+                                                         align_corners=False)[:, 0]))
+        return maps[0] if len(maps) == 1 else normalise_maps(torch.stack(maps).mean(dim=0))
 
     @abstractmethod
     def channel_weights(self, activation: torch.Tensor, gradient: torch.Tensor | None, images: torch.Tensor,

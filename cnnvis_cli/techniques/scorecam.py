@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnvis_cli.config import TechniqueConfig
 from cnnvis_cli.device import autocast
 from cnnvis_cli.techniques.base import CamTechnique, normalise_maps
 
@@ -34,6 +35,11 @@ class ScoreCAM(CamTechnique):
         super().__init__(model, layers, amp=amp)
         self.batch_size = batch_size
         self.max_channels = max_channels
+
+    @classmethod
+    def from_options(cls, model: nn.Module, layers: Sequence[str], options: TechniqueConfig,
+                     amp: bool = False) -> ScoreCAM:
+        return cls(model, layers, amp=amp, batch_size=options.batch_size, max_channels=options.max_channels)
 
     @torch.no_grad()
     def channel_weights(self, activation: torch.Tensor, gradient: torch.Tensor | None, images: torch.Tensor,
