@@ -1,4 +1,5 @@
-"""Grad-CAM against pytorch-grad-cam, the most used implementation, on random-initialised torchvision models.
+"""The gradient CAMs against pytorch-grad-cam, the most used implementation, on random-initialised
+torchvision models: Grad-CAM, Grad-CAM++, XGrad-CAM, HiRes-CAM and LayerCAM.
 
 Where the definitions agree the maps must correlate at 0.99 or more per image. Deliberate differences:
 - pytorch-grad-cam min-max normalises at the layer's resolution and then resizes with OpenCV; cnnvis
@@ -17,15 +18,30 @@ import copy
 
 import numpy as np
 import pytest
+import pytorch_grad_cam
 import torch
 import torchvision
 from pytorch_grad_cam import GradCAM as ReferenceGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from cnnvis_cli.models import inspect_layers, resolve_target_layer
+from cnnvis_cli.techniques import TECHNIQUES
 from cnnvis_cli.techniques.gradcam import GradCAM
 
+REFERENCES = {  # cnnvis name -> pytorch-grad-cam class
+    "gradcam": pytorch_grad_cam.GradCAM,
+    "gradcampp": pytorch_grad_cam.GradCAMPlusPlus,
+    "xgradcam": pytorch_grad_cam.XGradCAM,
+    "hirescam": pytorch_grad_cam.HiResCAM,
+    "layercam": pytorch_grad_cam.LayerCAM,
+}
+
 MODELS = ["resnet18", "vgg16", "densenet121", "mobilenet_v3_large"]
+# Grad-CAM++'s ratio g^2 / (2 g^2 + sum(A) g^3 + eps) is near-singular where hard-swish activations sum to
+# almost zero (MobileNetV3): float32 rounding in either library moves values by up to 6e-3 there
+# LayerCAM's element-wise maps peak sharply on MobileNetV3's 4 x 4 map at 128 px, where normalising
+# before (pytorch-grad-cam) or after (cnnvis) the 32x resize differs by up to 2e-3
+TOLERANCE = {"gradcampp": 1e-2, "layercam": 2.5e-3}
 
 
 class Copy(torch.nn.Module):
@@ -46,25 +62,26 @@ def per_image_pearson(ours: np.ndarray, theirs: np.ndarray) -> list[float]:
     return [float(np.corrcoef(a.ravel(), b.ravel())[0, 1]) for a, b in zip(ours, theirs, strict=True)]
 
 
+@pytest.mark.parametrize("technique", sorted(REFERENCES))
 @pytest.mark.parametrize("name", MODELS)
-def test_gradcam_agrees_with_pytorch_grad_cam(name: str) -> None:
+def test_agrees_with_pytorch_grad_cam(name: str, technique: str) -> None:
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     size = 128
     layer = resolve_target_layer(model, None, inspect_layers(model, size)[0])
     images = torch.randn(3, 3, size, size)
     targets = [3, 250, 999]
-    ours = GradCAM(model, [layer]).explain(images, torch.arange(3), torch.tensor(targets)).numpy()
+    ours = TECHNIQUES[technique](model, [layer]).explain(images, torch.arange(3), torch.tensor(targets)).numpy()
     reference_model, reference_layer = reference_network(model, layer)
-    reference = ReferenceGradCAM(model=reference_model,
-                                 target_layers=[dict(reference_model.named_modules())[reference_layer]])
+    reference = REFERENCES[technique](model=reference_model,
+                                      target_layers=[dict(reference_model.named_modules())[reference_layer]])
     theirs = reference(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets])
     assert ours.shape == theirs.shape == (3, size, size)
     content = [np.ptp(m) > 0 for m in theirs]
     assert sum(content) >= 2 and content == [np.ptp(m) > 0 for m in ours]  # the same maps are empty in both
     ours, theirs = ours[content], theirs[content]
     assert min(per_image_pearson(ours, theirs)) >= 0.99
-    np.testing.assert_allclose(ours, theirs, atol=1e-3)
+    np.testing.assert_allclose(ours, theirs, atol=TOLERANCE.get(technique, 1e-3))
 
 
 def test_densenet_difference_is_the_in_place_relu() -> None:

@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+from cnnvis_cli.techniques import TECHNIQUES as REGISTRY
 from cnnvis_cli.techniques.base import normalise_maps, slot_of_rows
 from cnnvis_cli.techniques.gradcam import GradCAM
-from cnnvis_cli.techniques.scorecam import ScoreCAM
 
-TECHNIQUES = [GradCAM, ScoreCAM]
+TECHNIQUES = list(REGISTRY.values())
 
 
 def hook_count(model: nn.Module) -> int:
@@ -75,3 +75,4 @@ def test_slot_of_rows_counts_earlier_rows_of_the_same_image() -> None:
 def test_unknown_layer_is_refused(tiny_net) -> None:
     with pytest.raises(ValueError, match="no such layer in the model: nope"):
         GradCAM(tiny_net, ["nope"]).explain(torch.randn(1, 3, 8, 8), torch.tensor([0]), torch.tensor([0]))
+
