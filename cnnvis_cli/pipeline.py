@@ -111,7 +111,7 @@ def run(cfg: RunConfig, output_dir: Path) -> RunResult:
 
     seconds["total"] = round(sum(seconds.values()), 3)
     summary = _summary(cfg, loaded, layers, device, predictions, selection, explained, seconds, started)
-    summary["classes_not_in_model"] = unmatched
+    summary["dataset_classes_not_in_model"] = unmatched  # their samples counted as unlabelled
     run_dir.write_json("summary.json", summary)
     records = [_record(item, predictions, class_names, source, run_dir.root) for item in explained]
     return RunResult(run_dir.root, summary, records)

@@ -38,6 +38,8 @@ def test_every_shipped_model_runs_over_an_image_folder(model: str, image_folder:
     assert len(read_csv(tmp_path / "run" / "selected.csv")) == 5
     overlays = sorted((tmp_path / "run" / "heatmaps" / "gradcam").glob("*.png"))
     assert len(overlays) == 10 == result.summary["heatmaps"]  # pred and the runner-up for each sample
+    assert result.summary["dataset_classes_not_in_model"] == ["cat", "dog"]  # not ImageNet class names
+    assert result.summary["labelled"] == 0 and result.summary["accuracy"] is None
     image = cv2.imread(str(overlays[0]))
     assert image.shape == (224, 224, 3)
 
