@@ -8,12 +8,8 @@ from torch import nn
 
 from cnnvis_cli.config import TechniqueConfig
 from cnnvis_cli.techniques.base import NORMALISATION, CamTechnique
-from cnnvis_cli.techniques.gradcam import GradCAM
-from cnnvis_cli.techniques.gradcampp import GradCAMPlusPlus
-from cnnvis_cli.techniques.hirescam import HiResCAM
-from cnnvis_cli.techniques.layercam import LayerCAM
+from cnnvis_cli.techniques.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from cnnvis_cli.techniques.scorecam import ScoreCAM
-from cnnvis_cli.techniques.xgradcam import XGradCAM
 
 TECHNIQUES: dict[str, type[CamTechnique]] = {
     technique.name: technique for technique in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, ScoreCAM)

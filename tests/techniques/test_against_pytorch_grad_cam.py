@@ -26,7 +26,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from cnnvis_cli.models import inspect_layers, resolve_target_layer
 from cnnvis_cli.techniques import TECHNIQUES
-from cnnvis_cli.techniques.gradcam import GradCAM
+from cnnvis_cli.techniques.gradient import GradCAM
 
 REFERENCES = {  # cnnvis name -> pytorch-grad-cam class
     "gradcam": pytorch_grad_cam.GradCAM,

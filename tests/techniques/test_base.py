@@ -6,7 +6,7 @@ from torch import nn
 
 from cnnvis_cli.techniques import TECHNIQUES as REGISTRY
 from cnnvis_cli.techniques.base import normalise_maps, slot_of_rows
-from cnnvis_cli.techniques.gradcam import GradCAM
+from cnnvis_cli.techniques.gradient import GradCAM
 
 TECHNIQUES = list(REGISTRY.values())
 

@@ -7,7 +7,7 @@ import torch
 import torchvision
 from references import reference_gradcam
 
-from cnnvis_cli.techniques.gradcam import GradCAM
+from cnnvis_cli.techniques.gradient import GradCAM
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
