@@ -9,10 +9,11 @@ from torch import nn
 from cnnvis_cli.config import TechniqueConfig
 from cnnvis_cli.techniques.base import NORMALISATION, CamTechnique
 from cnnvis_cli.techniques.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
-from cnnvis_cli.techniques.scorecam import ScoreCAM
+from cnnvis_cli.techniques.perturbation import AblationCAM, ScoreCAM
 
 TECHNIQUES: dict[str, type[CamTechnique]] = {
-    technique.name: technique for technique in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, ScoreCAM)
+    technique.name: technique
+    for technique in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, ScoreCAM, AblationCAM)
 }
 
 __all__ = ["NORMALISATION", "TECHNIQUES", "CamTechnique", "build_technique"]

@@ -156,7 +156,7 @@ class CamTechnique(ABC):
             for layer in self.layers:
                 activation = capture.activations[layer].detach().float()
                 gradient = gradients[layer] if gradients else None
-                weights = self.channel_weights(activation, gradient, images, image_rows, targets)
+                weights = self.channel_weights(activation, gradient, images, image_rows, targets, layer)
                 if weights.ndim == 2:
                     weights = weights[:, :, None, None]
                 cam = F.relu((weights * activation[image_rows]).sum(dim=1))
@@ -166,8 +166,8 @@ class CamTechnique(ABC):
 
     @abstractmethod
     def channel_weights(self, activation: torch.Tensor, gradient: torch.Tensor | None, images: torch.Tensor,
-                        image_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """R x K weights (or R x K x h x w, per position) for the layer's B x K x h x w activation."""
+                        image_rows: torch.Tensor, targets: torch.Tensor, layer: str) -> torch.Tensor:
+        """R x K weights (or R x K x h x w, per position) for `layer`'s B x K x h x w activation."""
 
     def _gradients(self, logits: torch.Tensor, activations: dict[str, torch.Tensor], image_rows: torch.Tensor,
                    targets: torch.Tensor) -> dict[str, torch.Tensor] | None:

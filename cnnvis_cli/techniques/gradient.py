@@ -20,7 +20,7 @@ class GradientCAM(CamTechnique):
     """A CAM whose weights come from the gradients (and perhaps the activations) of each row."""
 
     def channel_weights(self, activation: torch.Tensor, gradient: torch.Tensor | None, images: torch.Tensor,
-                        image_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+                        image_rows: torch.Tensor, targets: torch.Tensor, layer: str) -> torch.Tensor:
         assert gradient is not None  # needs_gradients is True for every gradient CAM
         return self.weigh(activation[image_rows], gradient)
 

@@ -60,3 +60,24 @@ def reference_scorecam(model: nn.Module, layer: str, image: torch.Tensor, target
             score = model((image * mask)[None]).softmax(dim=1)[0, target]
             cam += score * activation[k]
     return finish(cam, image.shape[-2:])
+
+
+def reference_ablationcam(model: nn.Module, layer: str, image: torch.Tensor, target: int) -> torch.Tensor:
+    """Ablation-CAM for one (image, target): one forward pass per channel with that channel set to zero."""
+    module = dict(model.named_modules())[layer]
+    with torch.no_grad():
+        logits, activation = layer_output(model, layer, image, keep_grad=False)
+        activation = activation[0].clone()
+        original = float(logits[0, target])
+        cam = torch.zeros_like(activation[0])
+        for k in range(activation.shape[0]):
+            def ablate(_m, _i, out, k=k):
+                out = out.clone()
+                out[:, k] = 0
+                return out
+
+            handle = module.register_forward_hook(ablate)
+            ablated = float(model(image[None])[0, target])
+            handle.remove()
+            cam += (original - ablated) / original * activation[k]
+    return finish(cam, image.shape[-2:])

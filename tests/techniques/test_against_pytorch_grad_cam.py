@@ -84,6 +84,23 @@ def test_agrees_with_pytorch_grad_cam(name: str, technique: str) -> None:
     np.testing.assert_allclose(ours, theirs, atol=TOLERANCE.get(technique, 1e-3))
 
 
+def test_ablationcam_agrees_with_pytorch_grad_cam() -> None:
+    # on a layer whose output is ReLU-ed (its minimum is 0), pytorch-grad-cam ablates a channel by zeroing
+    # it, as the paper does (elsewhere it uses min - 1e7)
+    torch.manual_seed(0)
+    model, layer = torchvision.models.resnet18(weights=None).eval(), "layer4"  # 1024 forward passes each
+    images = torch.randn(2, 3, 64, 64)
+    targets = [3, 250]
+    ours = TECHNIQUES["ablationcam"](model, [layer], batch_size=128).explain(
+        images, torch.arange(2), torch.tensor(targets)).numpy()
+    reference = pytorch_grad_cam.AblationCAM(model=model, target_layers=[dict(model.named_modules())[layer]])
+    reference.batch_size = 128
+    theirs = reference(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets])
+    assert all(np.ptp(m) > 0 for m in theirs)
+    assert min(per_image_pearson(ours, theirs)) >= 0.99
+    np.testing.assert_allclose(ours, theirs, atol=1e-3)
+
+
 def test_densenet_difference_is_the_in_place_relu() -> None:
     torch.manual_seed(2)
     model = torchvision.models.densenet121(weights=None).eval()

@@ -1,0 +1,126 @@
+"""CAMs weighted by perturbing the network: each channel's weight comes from forward passes in which that
+channel is shown alone (Score-CAM) or removed (Ablation-CAM).
+
+Both score every (image, channel) pair with one forward pass, streamed through the model `batch_size`
+pairs at a time so memory stays bounded whatever the channel count; each pass serves every target of its
+image. `max_channels=K` scores only the K channels with the largest mean activation (the "Faster
+Score-CAM" idea, applied to both); the other channels get weight 0.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnvis_cli.config import TechniqueConfig
+from cnnvis_cli.device import autocast
+from cnnvis_cli.techniques.base import CamTechnique, normalise_maps
+
+
+class PerturbationCAM(CamTechnique):
+    """Channel weights from one perturbed forward pass per (image, channel) pair."""
+
+    needs_gradients = False
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], *, amp: bool = False, batch_size: int = 64,
+                 max_channels: int | None = None) -> None:
+        super().__init__(model, layers, amp=amp)
+        self.batch_size = batch_size
+        self.max_channels = max_channels
+
+    @classmethod
+    def from_options(cls, model: nn.Module, layers: Sequence[str], options: TechniqueConfig,
+                     amp: bool = False) -> PerturbationCAM:
+        return cls(model, layers, amp=amp, batch_size=options.batch_size, max_channels=options.max_channels)
+
+    @torch.no_grad()
+    def channel_weights(self, activation: torch.Tensor, gradient: torch.Tensor | None, images: torch.Tensor,
+                        image_rows: torch.Tensor, targets: torch.Tensor, layer: str) -> torch.Tensor:
+        num_images, num_channels = activation.shape[:2]
+        scored = min(self.max_channels or num_channels, num_channels)
+        channels = activation.mean(dim=(2, 3)).topk(scored, dim=1).indices  # B x scored
+        classes, class_of_row = torch.unique(targets, return_inverse=True)
+        scores = activation.new_zeros((num_images, scored, len(classes)))  # the targets' perturbed scores
+        pair_image = torch.arange(num_images, device=images.device).repeat_interleave(scored)
+        pair_slot = torch.arange(scored, device=images.device).repeat(num_images)
+        for start in range(0, len(pair_image), self.batch_size):
+            image_index = pair_image[start:start + self.batch_size]
+            slot = pair_slot[start:start + self.batch_size]
+            with autocast(images.device, self.amp):
+                perturbed = self.perturbed_scores(activation, images, image_index, channels[image_index, slot], layer)
+            scores[image_index, slot] = perturbed.float()[:, classes]
+        row_weights = self.weights_from_scores(scores[image_rows, :, class_of_row], images, image_rows, targets)
+        weights = activation.new_zeros((len(targets), num_channels))
+        return weights.scatter_(1, channels[image_rows], row_weights)
+
+    @abstractmethod
+    def perturbed_scores(self, activation: torch.Tensor, images: torch.Tensor, image_index: torch.Tensor,
+                         channel_index: torch.Tensor, layer: str) -> torch.Tensor:
+        """M x classes scores of the M (image, channel) pairs, each image perturbed by its channel."""
+
+    def weights_from_scores(self, scores: torch.Tensor, images: torch.Tensor, image_rows: torch.Tensor,
+                            targets: torch.Tensor) -> torch.Tensor:
+        """R x scored weights from each row's perturbed target scores (the scores themselves by default)."""
+        return scores
+
+
+class ScoreCAM(PerturbationCAM):
+    """Score-CAM: Wang et al., "Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural
+    Networks", CVPR Workshops 2020.
+
+        H_k      = min-max normalised A_k, upsampled to the input size
+        weight_k = softmax(f(X * H_k))_c          (the target's probability when only H_k's region is shown)
+
+    As in the authors' code, a constant channel (no region to show) gets weight 0, and the weight is the
+    probability itself, without subtracting a baseline.
+    """
+
+    name = "scorecam"
+    summary = "Score-CAM (Wang et al., 2020): channels weighted by the score of the image they mask"
+
+    def perturbed_scores(self, activation: torch.Tensor, images: torch.Tensor, image_index: torch.Tensor,
+                         channel_index: torch.Tensor, layer: str) -> torch.Tensor:
+        channel_maps = activation[image_index, channel_index]
+        masks = normalise_maps(F.interpolate(channel_maps[:, None], size=images.shape[-2:], mode="bilinear",
+                                             align_corners=False)[:, 0])
+        probabilities = self.model(images[image_index] * masks[:, None]).float().softmax(dim=1)
+        has_region = masks.flatten(1).amax(dim=1, keepdim=True) > 0  # constant channels score 0
+        return probabilities * has_region
+
+
+class AblationCAM(PerturbationCAM):
+    """Ablation-CAM: Desai and Ramaswamy, "Ablation-CAM: Visual Explanations for Deep Convolutional Network
+    via Gradient-free Localization", WACV 2020.
+
+        weight_k = (y_c - y_c^k) / y_c     (y_c the target's logit, y_c^k the same with A_k set to 0)
+
+    A weight is 0 where y_c is 0.
+    """
+
+    name = "ablationcam"
+    summary = "Ablation-CAM (Desai and Ramaswamy, 2020): channels weighted by the score lost without them"
+
+    def perturbed_scores(self, activation: torch.Tensor, images: torch.Tensor, image_index: torch.Tensor,
+                         channel_index: torch.Tensor, layer: str) -> torch.Tensor:
+        pairs = torch.arange(len(channel_index), device=images.device)
+
+        def ablate(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+            output = output.clone()
+            output[pairs, channel_index] = 0
+            return output
+
+        handle = dict(self.model.named_modules())[layer].register_forward_hook(ablate)
+        try:
+            return self.model(images[image_index])
+        finally:
+            handle.remove()
+
+    def weights_from_scores(self, scores: torch.Tensor, images: torch.Tensor, image_rows: torch.Tensor,
+                            targets: torch.Tensor) -> torch.Tensor:
+        with autocast(images.device, self.amp):
+            original = self.model(images).float()[image_rows, targets][:, None]  # R x 1
+        return torch.where(original != 0, (original - scores) / torch.where(original != 0, original, 1.0), 0.0)
