@@ -297,13 +297,13 @@ def _print_table(rows: list[tuple[str, str]]) -> None:
 
 def _list_layers(overrides: list[str]) -> int:
     from cnnvis_cli.config import load_run_config
-    from cnnvis_cli.models import inspect_layers, load_model
+    from cnnvis_cli.models import load_model
 
     cfg = load_run_config(compose(overrides))
     if cfg.model.source == "torchvision":
         cfg.model.weights = None  # the architecture is enough: no download to list layers
     loaded = load_model(cfg.model)
-    layers, _ = inspect_layers(loaded.module, loaded.preprocess.input_size)
+    layers = loaded.layers
     print(f"layers of {loaded.name} with a spatial output at {loaded.preprocess.input_size} px "
           f"(* = target layer; choose another with model.target_layer=NAME):")
     width = max(len(layer.name) for layer in layers)

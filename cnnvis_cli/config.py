@@ -197,16 +197,16 @@ def check_run_config(cfg: RunConfig) -> None:
 
 def check_paths(cfg: RunConfig) -> None:
     """The files and folders the config names exist (checked before a run directory is made)."""
-    from pathlib import Path
+    from cnnvis_cli.data import require_folder, require_list_file
+    from cnnvis_cli.models import require_checkpoint
 
     dataset = cfg.dataset
-    if dataset.name == "imagefolder" and dataset.root and not Path(dataset.root).expanduser().is_dir():
-        raise UserError(f"dataset folder not found: {Path(dataset.root).expanduser()} (set dataset.root=PATH)")
-    if dataset.name == "files" and dataset.list_file not in (None, "-") \
-            and not Path(dataset.list_file).expanduser().is_file():
-        raise UserError(f"dataset.list_file not found: {Path(dataset.list_file).expanduser()}")
-    if cfg.model.checkpoint and not Path(cfg.model.checkpoint).expanduser().is_file():
-        raise UserError(f"model.checkpoint not found: {Path(cfg.model.checkpoint).expanduser()}")
+    if dataset.name == "imagefolder" and dataset.root:
+        require_folder(dataset.root)
+    if dataset.name == "files" and dataset.list_file not in (None, "-"):
+        require_list_file(dataset.list_file)
+    if cfg.model.checkpoint:
+        require_checkpoint(cfg.model.checkpoint)
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

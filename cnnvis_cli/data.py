@@ -73,6 +73,22 @@ class Source:
         return len(self.class_names) - 1 if self.class_names else None
 
 
+def require_folder(root: str | Path) -> Path:
+    """`dataset.root` as a path, which must be a folder."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise UserError(f"dataset folder not found: {path} (set dataset.root=PATH)")
+    return path
+
+
+def require_list_file(list_file: str | Path) -> Path:
+    """`dataset.list_file` as a path, which must be a file."""
+    path = Path(list_file).expanduser()
+    if not path.is_file():
+        raise UserError(f"dataset.list_file not found: {path}")
+    return path
+
+
 def open_image(path: Path) -> Image.Image:
     """Decode an image file as 8-bit RGB, with its EXIF orientation applied."""
     with Image.open(path) as image:
@@ -89,8 +105,7 @@ class ImageFolderSource(Source):
     """`root/CLASS/IMAGE` (labelled, classes in sorted order) or a flat folder of images (unlabelled)."""
 
     def __init__(self, root: Path, extensions: Sequence[str]) -> None:
-        if not root.is_dir():
-            raise UserError(f"dataset folder not found: {root} (set dataset.root=PATH)")
+        require_folder(root)
         suffixes = {ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions}
 
         def images_in(folder: Path) -> list[Path]:
@@ -136,9 +151,7 @@ class FileListSource(Source):
         if list_file == "-":
             lines, base = sys.stdin.read().splitlines(), Path.cwd()
         else:
-            path = Path(list_file).expanduser()
-            if not path.is_file():
-                raise UserError(f"dataset.list_file not found: {path}")
+            path = require_list_file(list_file)
             lines, base = path.read_text().splitlines(), path.parent
         rows = [line.strip().rsplit(",", 1) if "," in line else [line.strip()] for line in lines]
         rows = [row for row in rows if row[0] and not row[0].startswith("#")]
@@ -150,7 +163,7 @@ class FileListSource(Source):
         self.samples = [(_resolve(base, row[0]), self._label(label)) for row, label in zip(rows, labels, strict=True)]
 
     def highest_label(self) -> int | None:
-        return max((label for _, label in self.samples), default=None) if self.samples else None
+        return max((label for _, label in self.samples), default=None)
 
     def _label(self, label: str) -> int:
         if not label:

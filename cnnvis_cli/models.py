@@ -188,10 +188,17 @@ def imagenet_class_names() -> list[str]:
     return list(_IMAGENET_CATEGORIES)
 
 
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from `.safetensors`, or from `.pt`/`.pth` loaded with `weights_only=True`."""
+def require_checkpoint(checkpoint: str | Path) -> Path:
+    """`model.checkpoint` as a path, which must be a file."""
+    path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise UserError(f"model.checkpoint not found: {path}")
+    return path
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from `.safetensors`, or from `.pt`/`.pth` loaded with `weights_only=True`."""
+    path = require_checkpoint(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
