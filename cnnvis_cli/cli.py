@@ -257,9 +257,11 @@ def _list(argv: list[str]) -> int:
     if what == "layers":
         return _list_layers(overrides)
     if what == "techniques":
-        from cnnvis_cli.techniques import TECHNIQUES
+        from cnnvis_cli.techniques import PRESETS, TECHNIQUES
 
-        _print_table([(name, technique.summary) for name, technique in TECHNIQUES.items()])
+        _print_table([(name, technique.summary) for name, technique in TECHNIQUES.items()] + list(PRESETS.items()))
+        print("\ncost per image and target:")
+        _print_table([(name, technique.cost) for name, technique in TECHNIQUES.items()])
         return 0
     rows = _options(what[:-1])
     if what == "models":

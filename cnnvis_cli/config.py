@@ -24,6 +24,7 @@ COLORMAPS = (  # OpenCV's colormaps, by the lower-case name of their cv2.COLORMA
     "hot", "parula", "magma", "inferno", "plasma", "viridis", "cividis", "twilight", "twilight_shifted",
     "turbo", "deepgreen",
 )
+BASELINES = ("black", "mean", "blurred", "noise")  # integrated gradients' baseline, occlusion's fill
 
 
 @dataclass
@@ -82,13 +83,49 @@ class SelectionConfig:
 
 
 @dataclass
+class IntegratedGradientsConfig:
+    steps: int = 50  # Gauss-Legendre nodes on the path from the baseline to the image
+    baseline: str = "black"  # black | mean | blurred | noise
+
+
+@dataclass
+class SmoothConfig:
+    samples: int = 0  # SmoothGrad: noisy copies per image for every gradient technique; 0 = off
+    noise: float = 0.15  # noise standard deviation, as a fraction of the image's value range
+
+
+@dataclass
+class OcclusionConfig:
+    window: int = 32  # side of the square window, in pixels of the model's input
+    stride: int = 16  # pixels between window positions
+    fill: str = "black"  # black | mean | blurred | noise
+
+
+@dataclass
+class RiseConfig:
+    masks: int = 2000  # random masks per image
+    grid: int = 7  # cells per side of a mask before upsampling
+    keep: float = 0.5  # probability that a cell is kept
+
+
+@dataclass
+class LrpConfig:
+    epsilon: float = 0.25  # stabiliser of the epsilon rule: larger keeps only the strongest relevance
+
+
+@dataclass
 class TechniqueConfig:
     """Which explanation methods to run, and their options."""
 
     methods: dict[str, bool] = field(default_factory=dict)  # filled by the technique option files
     layers: list[str] | None = None  # CAMs: these layers, averaged, instead of the model's target layer
-    batch_size: int = 64  # Score-CAM: masked images per forward pass
-    max_channels: int | None = None  # Score-CAM: score only the K channels with the largest mean activation
+    batch_size: int = 64  # perturbation and path methods: inputs per forward pass
+    max_channels: int | None = None  # Score-/Ablation-CAM: score only the K channels with the largest mean activation
+    integrated_gradients: IntegratedGradientsConfig = field(default_factory=IntegratedGradientsConfig)
+    smooth: SmoothConfig = field(default_factory=SmoothConfig)
+    occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
+    rise: RiseConfig = field(default_factory=RiseConfig)
+    lrp: LrpConfig = field(default_factory=LrpConfig)
 
 
 @dataclass
@@ -169,6 +206,7 @@ def check_run_config(cfg: RunConfig) -> None:
         ("selection.margin", cfg.selection.margin),
         ("selection.entropy", cfg.selection.entropy),
         ("render.alpha", cfg.render.alpha),
+        ("technique.rise.keep", cfg.technique.rise.keep),
     ):
         if not 0.0 <= value <= 1.0:
             raise UserError(f"{key}={value} is outside [0, 1]; choose a value between 0 and 1")
@@ -178,6 +216,11 @@ def check_run_config(cfg: RunConfig) -> None:
         ("technique.batch_size", cfg.technique.batch_size),
         ("topk", cfg.topk),
         ("selection.topk", cfg.selection.topk),
+        ("technique.integrated_gradients.steps", cfg.technique.integrated_gradients.steps),
+        ("technique.occlusion.window", cfg.technique.occlusion.window),
+        ("technique.occlusion.stride", cfg.technique.occlusion.stride),
+        ("technique.rise.masks", cfg.technique.rise.masks),
+        ("technique.rise.grid", cfg.technique.rise.grid),
     ):
         if value < 1:
             raise UserError(f"{key}={value} must be at least 1")
@@ -189,6 +232,16 @@ def check_run_config(cfg: RunConfig) -> None:
     ):
         if optional is not None and optional < 1:
             raise UserError(f"{key}={optional} must be at least 1, or null for no limit")
+    _check_choice("technique.integrated_gradients.baseline", cfg.technique.integrated_gradients.baseline, BASELINES)
+    _check_choice("technique.occlusion.fill", cfg.technique.occlusion.fill, BASELINES)
+    for key, value in (("technique.smooth.samples", cfg.technique.smooth.samples),
+                       ("technique.smooth.noise", cfg.technique.smooth.noise)):
+        if value < 0:
+            raise UserError(f"{key}={value} must be 0 or more")
+    if cfg.technique.rise.keep == 0:
+        raise UserError("technique.rise.keep=0 keeps no cell; choose a value in (0, 1], e.g. 0.5")
+    if cfg.technique.lrp.epsilon <= 0:
+        raise UserError(f"technique.lrp.epsilon={cfg.technique.lrp.epsilon} must be above 0, e.g. 0.25")
     if cfg.dataset.num_workers < 0:
         raise UserError(f"dataset.num_workers={cfg.dataset.num_workers} must be 0 or more")
     if not cfg.targets:

@@ -2,7 +2,8 @@
 and write the overlays (and raw maps, when asked) as each batch finishes.
 
 Maps stay on the device from the technique to the colour-mapped overlay; one copy per batch brings the
-finished overlays to the CPU for PNG encoding.
+finished overlays to the CPU for PNG encoding. Signed techniques are drawn with a diverging colormap and
+save their signed map (`save_maps=true`); the others draw and save their [0, 1] map.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from cnnvis_cli.data import UNLABELLED, Batch
 from cnnvis_cli.inference import Predictions, class_name, normalise
 from cnnvis_cli.models import Preprocess
 from cnnvis_cli.progress import progress_bar
-from cnnvis_cli.render import colormap_lut, encode_png, overlay
+from cnnvis_cli.render import colormap_lut, diverging_lut, encode_png, overlay, signed_overlay
 from cnnvis_cli.run_dir import RunDir, safe_name
 from cnnvis_cli.selection import Case
 from cnnvis_cli.targets import Target, targets_for
-from cnnvis_cli.techniques import CamTechnique
+from cnnvis_cli.techniques import Technique
 
 
 @dataclass
@@ -49,13 +50,14 @@ def heatmap_name(index: int, sample_id: str, true_name: str, target_name: str) -
 
 
 def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Predictions,
-                  techniques: list[CamTechnique], parsed_targets: list[str | int], class_names: list[str],
+                  techniques: list[Technique], parsed_targets: list[str | int], class_names: list[str],
                   preprocess: Preprocess, device: torch.device, run_dir: RunDir, options: RenderOptions,
                   show_progress: bool = True) -> list[Explained]:
     """Maps and overlays for every case, technique and target; returns what was written per case."""
     case_of_index = {int(predictions.indices[case.row]): case for case in cases}
     explained = {case.row: Explained(case) for case in cases}
     lut = colormap_lut(options.colormap, device)
+    signed_lut = diverging_lut(device)
     with progress_bar(show_progress) as bar:
         task = bar.add_task("heatmaps", total=len(cases), unit="images")
         for batch in batches:
@@ -72,9 +74,15 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
             images = batch.images.to(device, non_blocking=True)
             model_input = normalise(images, preprocess)
             for technique in techniques:
-                maps = technique.explain(model_input, image_rows, target_classes)
-                pictures = overlay(images[image_rows], maps, lut, options.alpha).cpu().numpy()
-                raw = maps.cpu().numpy() if options.save_maps else None
+                explanation = technique.explain(model_input, image_rows, target_classes)
+                if explanation.signed is None:
+                    pictures = overlay(images[image_rows], explanation.maps, lut, options.alpha)
+                    raw_maps = explanation.maps
+                else:
+                    pictures = signed_overlay(images[image_rows], explanation.signed, signed_lut)
+                    raw_maps = explanation.signed
+                pictures = pictures.cpu().numpy()
+                raw = raw_maps.cpu().numpy() if options.save_maps else None
                 for row, (position, target) in enumerate(rows):
                     case = batch_cases[position]
                     name = heatmap_name(batch.indices[position], predictions.sample_ids[case.row],

@@ -36,7 +36,7 @@ from cnnvis_cli.models import LoadedModel, load_model, resolve_target_layer
 from cnnvis_cli.run_dir import RunDir
 from cnnvis_cli.selection import Selection, select
 from cnnvis_cli.targets import deepest_top, parse_targets
-from cnnvis_cli.techniques import NORMALISATION, build_technique
+from cnnvis_cli.techniques import NORMALISATION, Technique, TechniqueContext, build_technique
 
 log = logging.getLogger("cnnvis")
 
@@ -78,7 +78,7 @@ def run(cfg: RunConfig, output_dir: Path) -> RunResult:
     indices = subset_indices(len(source), cfg.dataset.limit, cfg.dataset.seed)
     layers = [resolve_target_layer(loaded.module, name, loaded.layers) for name in cfg.technique.layers] \
         if cfg.technique.layers else [loaded.target_layer]
-    techniques = [build_technique(name, loaded.module, layers, cfg.technique, cfg.amp) for name in cfg.techniques]
+    techniques = _techniques(cfg, loaded, layers, device)
     log.info("model %s (%d classes, target layer %s) on %s; %d test samples from %s",
              loaded.name, loaded.num_classes, ", ".join(layers), device, len(indices), cfg.dataset.name)
     lap("setup")
@@ -110,11 +110,23 @@ def run(cfg: RunConfig, output_dir: Path) -> RunResult:
     lap("explanation")
 
     seconds["total"] = round(sum(seconds.values()), 3)
-    summary = _summary(cfg, loaded, layers, device, predictions, selection, explained, seconds, started)
+    summary = _summary(cfg, loaded, layers, techniques, device, predictions, selection, explained, seconds, started)
     summary["dataset_classes_not_in_model"] = unmatched  # their samples counted as unlabelled
     run_dir.write_json("summary.json", summary)
     records = [_record(item, predictions, class_names, source, run_dir.root) for item in explained]
     return RunResult(run_dir.root, summary, records)
+
+
+def _techniques(cfg: RunConfig, loaded: LoadedModel, layers: list[str], device: torch.device) -> list[Technique]:
+    """The run's techniques, each checked against the model on one blank input before any heavy work."""
+    context = TechniqueContext(loaded.module, layers, cfg.technique, cfg.amp, loaded.preprocess.mean,
+                               loaded.preprocess.std, cfg.seed)
+    techniques = [build_technique(name, context) for name in cfg.techniques]
+    size = loaded.preprocess.input_size
+    example = torch.zeros((1, 3, size, size), device=device)
+    for technique in techniques:
+        technique.check(example)
+    return techniques
 
 
 def _class_names(loaded: LoadedModel, dataset_names: list[str] | None) -> list[str]:
@@ -162,8 +174,8 @@ def _write_selected(run_dir: RunDir, predictions: Predictions, selection: Select
         )
 
 
-def _summary(cfg: RunConfig, loaded: LoadedModel, layers: list[str], device: torch.device,
-             predictions: Predictions, selection: Selection, explained: list[Explained],
+def _summary(cfg: RunConfig, loaded: LoadedModel, layers: list[str], techniques: list[Technique],
+             device: torch.device, predictions: Predictions, selection: Selection, explained: list[Explained],
              seconds: dict[str, float], started: datetime) -> dict[str, Any]:
     import cv2
     import hydra
@@ -178,7 +190,8 @@ def _summary(cfg: RunConfig, loaded: LoadedModel, layers: list[str], device: tor
         "model": {"name": loaded.name, "num_classes": loaded.num_classes, "target_layers": layers,
                   "input_size": loaded.preprocess.input_size},
         "dataset": cfg.dataset.name,
-        "techniques": cfg.techniques,
+        "techniques": [technique.name for technique in techniques],
+        "signed_techniques": [technique.name for technique in techniques if technique.signed],
         "device": str(device),
         "amp": cfg.amp and device.type == "cuda",
         "samples": len(predictions),

@@ -22,7 +22,9 @@ OPTIONS = [(group, path.stem) for group in ("model", "dataset", "selection", "te
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_of_every_group_composes_and_validates(group: str, option: str) -> None:
     cfg = run_config(f"{group}={option}", *REQUIRED.get((group, option), []))
-    if group == "technique":
+    if group == "technique" and option == "smoothgrad":  # a preset: smoothed vanilla gradients
+        assert (cfg.techniques, cfg.technique.smooth.samples) == (["saliency"], 25)
+    elif group == "technique":
         assert cfg.techniques == [option]
     elif group in ("model", "dataset"):
         assert getattr(cfg, group).name in (option, "resnet18") or option in ("custom",)

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from torch import nn
-
-from cnnvis_cli.config import TechniqueConfig
-from cnnvis_cli.techniques.base import NORMALISATION, CamTechnique
+from cnnvis_cli.techniques.attribution import GradientXInput, InputGradient, Saliency
+from cnnvis_cli.techniques.base import NORMALISATION, Explanation, Technique, TechniqueContext
+from cnnvis_cli.techniques.eigen import EigenCAM
 from cnnvis_cli.techniques.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from cnnvis_cli.techniques.guided import GuidedBackprop, GuidedGradCAM
+from cnnvis_cli.techniques.integrated import IntegratedGradients
+from cnnvis_cli.techniques.lrp import LRP
+from cnnvis_cli.techniques.occlusion import Occlusion
 from cnnvis_cli.techniques.perturbation import AblationCAM, ScoreCAM
+from cnnvis_cli.techniques.rise import RISE
+from cnnvis_cli.techniques.smoothgrad import SmoothGrad
 
-TECHNIQUES: dict[str, type[CamTechnique]] = {
+TECHNIQUES: dict[str, type[Technique]] = {
     technique.name: technique
-    for technique in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, ScoreCAM, AblationCAM)
+    for technique in (
+        GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, ScoreCAM, AblationCAM, EigenCAM,
+        Saliency, GradientXInput, GuidedBackprop, GuidedGradCAM, IntegratedGradients,
+        Occlusion, RISE, LRP,
+    )
 }
+# option files that configure a registered technique rather than add one
+PRESETS = {"smoothgrad": "SmoothGrad (Smilkov et al., 2017): saliency averaged over 25 noisy copies; "
+                         "technique.smooth.samples=N smooths any gradient technique"}
 
-__all__ = ["NORMALISATION", "TECHNIQUES", "CamTechnique", "build_technique"]
+__all__ = ["NORMALISATION", "PRESETS", "TECHNIQUES", "Explanation", "Technique", "TechniqueContext",
+           "build_technique"]
 
 
-def build_technique(name: str, model: nn.Module, layers: Sequence[str], options: TechniqueConfig,
-                    amp: bool = False) -> CamTechnique:
-    """An instance of technique `name` with the run's options."""
-    return TECHNIQUES[name].from_options(model, layers, options, amp)
+def build_technique(name: str, context: TechniqueContext) -> Technique:
+    """An instance of technique `name` with the run's options, wrapped in SmoothGrad when they ask for it."""
+    technique = TECHNIQUES[name].from_context(context)
+    if context.options.smooth.samples > 0 and isinstance(technique, InputGradient):
+        return SmoothGrad.from_context(context, technique)
+    return technique

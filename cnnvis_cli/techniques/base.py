@@ -1,18 +1,15 @@
-"""The engine every class-activation-map technique shares.
+"""What every explanation technique shares: its contract, its context, and the helpers that keep the model
+as it was found.
 
 A technique sees a batch of B normalised images and R rows, each row an (image, target class) pair, and
-returns R maps: float32, R x H x W at the input size, in [0, 1], on the images' device. The engine owns
-hooks (always removed, even after an exception), the model's mode (eval while explaining, restored after),
-gradients, upsampling and normalisation; a technique only says how it weighs the layer's channels.
+returns an `Explanation`: R maps, float32, R x H x W at the input size, in [0, 1], on the images' device,
+never NaN (a constant map becomes zeros). Signed methods (gradients, integrated gradients, LRP, occlusion)
+also return their signed map, summed over the colour channels, for `save_maps` and for overlays that show
+the sign.
 
-Conventions, shared by all techniques:
-- activations are captured by a forward hook that hands the rest of the network a copy, so in-place
-  operations downstream (in-place ReLU, ResNet's `out += identity`) never alter what was captured;
-- gradients are taken with `torch.autograd.grad` with respect to those activations only: no parameter
-  gradients, and each image's activations are computed once however many targets it has;
-- maps are ReLU-ed, upsampled bilinearly (`align_corners=False`) to the input size and min-max
-  normalised per map; with several layers, the normalised maps are averaged (so no layer dominates by its
-  scale) and normalised again; a constant map becomes zeros.
+Whatever happens inside a technique, the caller gets the model back as it gave it: every module's
+train/eval mode restored, no hook left behind, no parameter's `requires_grad` or `.grad` touched (gradients
+are taken with `torch.autograd.grad` with respect to activations or inputs only).
 """
 
 from __future__ import annotations
@@ -20,20 +17,81 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cnnvis_cli.config import TechniqueConfig
 from cnnvis_cli.device import autocast
 
 NORMALISATION = (
-    "per map and layer: ReLU, bilinear upsampling (align_corners=False) to the input size, then "
-    "(map - min) / (max - min); several layers: the mean of their normalised maps, normalised again; "
-    "a constant map becomes zeros"
+    "CAMs: per map and layer ReLU, bilinear upsampling (align_corners=False) to the input size, then "
+    "(map - min) / (max - min), several layers averaged and normalised again; signed attributions: the "
+    "signed map is the sum over colour channels, the [0, 1] map its positive part (attributions) or its "
+    "magnitude (gradients), min-max normalised; a constant map becomes zeros"
 )
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """R maps in [0, 1] (R x H x W), and for signed methods the raw signed maps (R x H x W)."""
+
+    maps: torch.Tensor
+    signed: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class TechniqueContext:
+    """What a run tells its techniques: the model, its layers and pixel space, the options and the seed."""
+
+    model: nn.Module
+    layers: list[str]
+    options: TechniqueConfig = field(default_factory=TechniqueConfig)
+    amp: bool = False
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the model's normalisation: input = (pixel - mean) / std
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    seed: int = 0
+
+
+class Technique(ABC):
+    """An explanation technique: `explain` checks the rows, puts the model in eval mode, and restores it."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    cost: ClassVar[str]  # passes per (image, target), for the README and `cnnvis list techniques`
+    signed: ClassVar[bool] = False  # whether explanations carry a signed map
+
+    def __init__(self, model: nn.Module, *, amp: bool = False) -> None:
+        self.model = model
+        self.amp = amp
+
+    @classmethod
+    @abstractmethod
+    def from_context(cls, context: TechniqueContext) -> Technique:
+        """An instance with the run's options."""
+
+    def explain(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> Explanation:
+        """The maps of each (images[image_rows[r]], targets[r]) pair."""
+        check_rows(images, image_rows, targets)
+        if len(targets) == 0:
+            empty = images.new_zeros((0, *images.shape[-2:]), dtype=torch.float32)
+            return Explanation(empty, empty if self.signed else None)
+        with eval_mode(self.model):
+            return self._explain(images, image_rows, targets)
+
+    @abstractmethod
+    def _explain(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> Explanation:
+        """The explanation, with the rows checked and the model in eval mode."""
+
+    def check(self, example: torch.Tensor) -> None:
+        """Raise a UserError if the technique cannot explain this model; `example` is one normalised input.
+        Called once before a run's heavy work. Most techniques explain any model, so this accepts it."""
+        return None
+
+    def autocast(self, images: torch.Tensor):
+        return autocast(images.device, self.amp)
 
 
 @contextmanager
@@ -48,50 +106,17 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
-class LayerCapture:
-    """Forward hooks on named layers that keep each layer's output (its last call, if called twice).
-
-    With `differentiable=True` the kept output is a tensor that requires grad, so gradients with respect
-    to it can be taken even when the model's parameters are frozen.
-    """
-
-    def __init__(self, model: nn.Module, layer_names: Sequence[str], differentiable: bool) -> None:
-        modules = dict(model.named_modules())
-        missing = [name for name in layer_names if name not in modules]
-        if missing:
-            raise ValueError(f"no such layer in the model: {', '.join(missing)}")
-        self.modules = {name: modules[name] for name in layer_names}
-        self.differentiable = differentiable
-        self.activations: dict[str, torch.Tensor] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def __enter__(self) -> LayerCapture:
-        try:
-            for name, module in self.modules.items():
-                self._handles.append(module.register_forward_hook(self._hook(name)))
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.remove()
-
-    def remove(self) -> None:
-        for handle in self._handles:
+@contextmanager
+def forward_hooks(modules: Sequence[nn.Module], hook) -> Iterator[None]:
+    """`hook` registered as a forward hook on each module, and removed again whatever happens."""
+    handles = []
+    try:
+        for module in modules:
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
             handle.remove()
-        self._handles.clear()
-
-    def _hook(self, name: str):
-        def keep(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor:
-            if not isinstance(output, torch.Tensor) or output.ndim != 4:
-                raise ValueError(f"layer '{name}' must output an N x C x H x W tensor")
-            if self.differentiable and not output.requires_grad:
-                output = output.detach().requires_grad_(True)
-            self.activations[name] = output
-            return output.clone()  # the network goes on with a copy; the kept tensor stays as it was
-
-        return keep
 
 
 def check_rows(images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> None:
@@ -122,71 +147,22 @@ def slot_of_rows(image_rows: torch.Tensor) -> torch.Tensor:
     return slots
 
 
-class CamTechnique(ABC):
-    """A class activation map: ReLU(sum over channels k of weight_k x activation_k) on chosen layers."""
+def row_gradients(scores: torch.Tensor, tensors: Sequence[torch.Tensor], image_rows: torch.Tensor,
+                  targets: torch.Tensor) -> list[torch.Tensor]:
+    """For each tensor (B x ...), the gradient of each row's target score with respect to its image's slice:
+    R x ... per tensor, float32.
 
-    name: ClassVar[str]
-    summary: ClassVar[str]
-    needs_gradients: ClassVar[bool] = True
-
-    def __init__(self, model: nn.Module, layers: Sequence[str], *, amp: bool = False) -> None:
-        if not layers:
-            raise ValueError("a CAM technique needs at least one layer")
-        self.model = model
-        self.layers = list(layers)
-        self.amp = amp
-
-    @classmethod
-    def from_options(cls, model: nn.Module, layers: Sequence[str], options: TechniqueConfig,
-                     amp: bool = False) -> CamTechnique:
-        """An instance with the run's technique options (subclasses take the options they have)."""
-        return cls(model, layers, amp=amp)
-
-    def explain(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """R maps in [0, 1] at the images' size, one per (image_rows[r], targets[r]) pair."""
-        check_rows(images, image_rows, targets)
-        if len(targets) == 0:
-            return images.new_zeros((0, *images.shape[-2:]))
-        with eval_mode(self.model):
-            with LayerCapture(self.model, self.layers, self.needs_gradients) as capture:
-                with torch.set_grad_enabled(self.needs_gradients), autocast(images.device, self.amp):
-                    logits = self.model(images)
-                gradients = self._gradients(logits, capture.activations, image_rows, targets)
-            maps = []
-            for layer in self.layers:
-                activation = capture.activations[layer].detach().float()
-                gradient = gradients[layer] if gradients else None
-                weights = self.channel_weights(activation, gradient, images, image_rows, targets, layer)
-                if weights.ndim == 2:
-                    weights = weights[:, :, None, None]
-                cam = F.relu((weights * activation[image_rows]).sum(dim=1))
-                maps.append(normalise_maps(F.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear",
-                                                         align_corners=False)[:, 0]))
-        return maps[0] if len(maps) == 1 else normalise_maps(torch.stack(maps).mean(dim=0))
-
-    @abstractmethod
-    def channel_weights(self, activation: torch.Tensor, gradient: torch.Tensor | None, images: torch.Tensor,
-                        image_rows: torch.Tensor, targets: torch.Tensor, layer: str) -> torch.Tensor:
-        """R x K weights (or R x K x h x w, per position) for `layer`'s B x K x h x w activation."""
-
-    def _gradients(self, logits: torch.Tensor, activations: dict[str, torch.Tensor], image_rows: torch.Tensor,
-                   targets: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """Gradient of each row's target score with respect to each layer's activation: R x K x h x w.
-
-        Images are independent in eval mode, so one backward pass serves the first target of every
-        image, a second pass their second targets, and so on.
-        """
-        if not self.needs_gradients:
-            return None
-        tensors = [activations[layer] for layer in self.layers]
-        result = {layer: tensor.new_zeros((len(targets), *tensor.shape[1:]), dtype=torch.float32)
-                  for layer, tensor in zip(self.layers, tensors, strict=True)}
-        slots = slot_of_rows(image_rows)
-        last = int(slots.max())
-        for slot in range(last + 1):
-            rows = torch.nonzero(slots == slot)[:, 0]
-            score = logits[image_rows[rows], targets[rows]].float().sum()
-            grads = torch.autograd.grad(score, tensors, retain_graph=slot < last)
-            for layer, grad in zip(self.layers, grads, strict=True):
-                result[layer][rows] = grad[image_rows[rows]].float()
-        return result
+    Images are independent in eval mode, so one backward pass serves the first target of every image, a
+    second pass their second targets, and so on: the forward pass is shared by all targets of an image.
+    """
+    results = [tensor.new_zeros((len(targets), *tensor.shape[1:]), dtype=torch.float32) for tensor in tensors]
+    slots = slot_of_rows(image_rows)
+    last = int(slots.max())
+    for slot in range(last + 1):
+        rows = torch.nonzero(slots == slot)[:, 0]
+        score = scores[image_rows[rows], targets[rows]].float().sum()
+        grads = torch.autograd.grad(score, list(tensors), retain_graph=slot < last, allow_unused=True)
+        for result, grad in zip(results, grads, strict=True):
+            if grad is not None:  # None: the score does not depend on the tensor, so its gradient is zero
+                result[rows] = grad[image_rows[rows]].float()
+    return results

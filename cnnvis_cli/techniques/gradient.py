@@ -1,7 +1,7 @@
 """CAMs weighted by gradients: the target's score differentiated with respect to the layer's activation.
 
 Each method says how gradients g = d score_c / d A_k(i, j) weigh the activations A_k; the engine
-(`base.py`) then takes map = ReLU(sum_k weight_k * A_k), with weights per channel or per position.
+(`cam.py`) then takes map = ReLU(sum_k weight_k * A_k), with weights per channel or per position.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from abc import abstractmethod
 
 import torch
 
-from cnnvis_cli.techniques.base import CamTechnique
+from cnnvis_cli.techniques.cam import ChannelWeightedCAM
 
 GRADCAMPP_EPSILON = 1e-6
 XGRADCAM_EPSILON = 1e-7
 
 
-class GradientCAM(CamTechnique):
+class GradientCAM(ChannelWeightedCAM):
     """A CAM whose weights come from the gradients (and perhaps the activations) of each row."""
 
     def channel_weights(self, activation: torch.Tensor, gradient: torch.Tensor | None, images: torch.Tensor,

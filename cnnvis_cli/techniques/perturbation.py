@@ -16,15 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnvis_cli.config import TechniqueConfig
 from cnnvis_cli.device import autocast
-from cnnvis_cli.techniques.base import CamTechnique, normalise_maps
+from cnnvis_cli.techniques.base import TechniqueContext, normalise_maps
+from cnnvis_cli.techniques.cam import ChannelWeightedCAM
 
 
-class PerturbationCAM(CamTechnique):
+class PerturbationCAM(ChannelWeightedCAM):
     """Channel weights from one perturbed forward pass per (image, channel) pair."""
 
     needs_gradients = False
+    cost = "1 + K forwards (K channels scored, technique.max_channels)"
 
     def __init__(self, model: nn.Module, layers: Sequence[str], *, amp: bool = False, batch_size: int = 64,
                  max_channels: int | None = None) -> None:
@@ -33,9 +34,10 @@ class PerturbationCAM(CamTechnique):
         self.max_channels = max_channels
 
     @classmethod
-    def from_options(cls, model: nn.Module, layers: Sequence[str], options: TechniqueConfig,
-                     amp: bool = False) -> PerturbationCAM:
-        return cls(model, layers, amp=amp, batch_size=options.batch_size, max_channels=options.max_channels)
+    def from_context(cls, context: TechniqueContext) -> PerturbationCAM:
+        options = context.options
+        return cls(context.model, context.layers, amp=context.amp, batch_size=options.batch_size,
+                   max_channels=options.max_channels)
 
     @torch.no_grad()
     def channel_weights(self, activation: torch.Tensor, gradient: torch.Tensor | None, images: torch.Tensor,

@@ -71,7 +71,7 @@ def test_agrees_with_pytorch_grad_cam(name: str, technique: str) -> None:
     layer = resolve_target_layer(model, None, inspect_layers(model, size)[0])
     images = torch.randn(3, 3, size, size)
     targets = [3, 250, 999]
-    ours = TECHNIQUES[technique](model, [layer]).explain(images, torch.arange(3), torch.tensor(targets)).numpy()
+    ours = TECHNIQUES[technique](model, [layer]).explain(images, torch.arange(3), torch.tensor(targets)).maps.numpy()
     reference_model, reference_layer = reference_network(model, layer)
     reference = REFERENCES[technique](model=reference_model,
                                       target_layers=[dict(reference_model.named_modules())[reference_layer]])
@@ -92,7 +92,7 @@ def test_ablationcam_agrees_with_pytorch_grad_cam() -> None:
     images = torch.randn(2, 3, 64, 64)
     targets = [3, 250]
     ours = TECHNIQUES["ablationcam"](model, [layer], batch_size=128).explain(
-        images, torch.arange(2), torch.tensor(targets)).numpy()
+        images, torch.arange(2), torch.tensor(targets)).maps.numpy()
     reference = pytorch_grad_cam.AblationCAM(model=model, target_layers=[dict(model.named_modules())[layer]])
     reference.batch_size = 128
     theirs = reference(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets])
@@ -106,6 +106,6 @@ def test_densenet_difference_is_the_in_place_relu() -> None:
     model = torchvision.models.densenet121(weights=None).eval()
     images = torch.randn(3, 3, 128, 128)
     targets = [ClassifierOutputTarget(t) for t in (3, 250, 999)]
-    ours = GradCAM(model, ["features"]).explain(images, torch.arange(3), torch.tensor([3, 250, 999])).numpy()
+    ours = GradCAM(model, ["features"]).explain(images, torch.arange(3), torch.tensor([3, 250, 999])).maps.numpy()
     unshielded = ReferenceGradCAM(model=model, target_layers=[model.features])(input_tensor=images, targets=targets)
     assert np.ptp(ours[0]) > 0 and np.ptp(unshielded[0]) == 0  # the ReLU-ed map of image 0 is all zeros

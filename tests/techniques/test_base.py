@@ -1,36 +1,71 @@
+"""The contract and the hygiene every technique owes its caller, checked for each registered technique and
+for SmoothGrad around a gradient technique."""
+
 from __future__ import annotations
+
+import gc
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from cnnvis_cli.techniques import TECHNIQUES as REGISTRY
-from cnnvis_cli.techniques.base import normalise_maps, slot_of_rows
+from cnnvis_cli.config import TechniqueConfig
+from cnnvis_cli.techniques import TECHNIQUES, TechniqueContext, build_technique
+from cnnvis_cli.techniques.base import normalise_maps, row_gradients, slot_of_rows
 from cnnvis_cli.techniques.gradient import GradCAM
 
-TECHNIQUES = list(REGISTRY.values())
+NAMES = [*TECHNIQUES, "saliency+smooth"]
+
+
+def small_options(smooth: bool = False) -> TechniqueConfig:
+    """Options that keep the many-pass techniques quick on tiny images."""
+    options = TechniqueConfig(batch_size=16)
+    options.integrated_gradients.steps = 4
+    options.occlusion.window, options.occlusion.stride = 4, 4
+    options.rise.masks = 12
+    options.smooth.samples = 3 if smooth else 0
+    return options
+
+
+def make(name: str, model: nn.Module):
+    base, _, smooth = name.partition("+")
+    return build_technique(base, TechniqueContext(model, ["features"], small_options(bool(smooth))))
 
 
 def hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
 
-@pytest.mark.parametrize("technique", TECHNIQUES)
-def test_output_contract(tiny_net, technique) -> None:
-    maps = technique(tiny_net, ["features"]).explain(torch.randn(2, 3, 12, 12), torch.tensor([0, 1, 1]),
-                                                     torch.tensor([0, 1, 2]))
+@pytest.mark.parametrize("name", NAMES)
+def test_output_contract(tiny_net, name: str) -> None:
+    technique = make(name, tiny_net)
+    explanation = technique.explain(torch.randn(2, 3, 12, 12), torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2]))
+    maps = explanation.maps
     assert maps.shape == (3, 12, 12) and maps.dtype == torch.float32
-    assert torch.isfinite(maps).all() and float(maps.min()) >= 0 and float(maps.max()) <= 1
+    assert torch.isfinite(maps).all() and float(maps.min()) >= 0 and float(maps.max()) == 1
+    if technique.signed:
+        assert explanation.signed.shape == (3, 12, 12) and explanation.signed.dtype == torch.float32
+        assert torch.isfinite(explanation.signed).all()
+    else:
+        assert explanation.signed is None
+    empty = technique.explain(torch.randn(2, 3, 12, 12), torch.tensor([], dtype=torch.long),
+                              torch.tensor([], dtype=torch.long))
+    assert empty.maps.shape == (0, 12, 12)
 
 
-@pytest.mark.parametrize("technique", TECHNIQUES)
-def test_hooks_are_removed_and_mode_restored_even_after_an_exception(tiny_net, technique) -> None:
+@pytest.mark.parametrize("name", NAMES)
+def test_model_is_given_back_as_it_was_even_after_an_exception(tiny_net, name: str) -> None:
     tiny_net.train()
+    tiny_net.features[0].requires_grad_(False)  # a mix of frozen and trainable parameters
+    flags = [p.requires_grad for p in tiny_net.parameters()]
     bn = tiny_net.features[4]
     running_mean = bn.running_mean.clone()
-    technique(tiny_net, ["features"]).explain(torch.randn(2, 3, 12, 12), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    make(name, tiny_net).explain(torch.randn(2, 3, 12, 12), torch.tensor([0, 1]), torch.tensor([0, 1]))
     assert hook_count(tiny_net) == 0
     assert all(m.training for m in tiny_net.modules())
+    assert [p.requires_grad for p in tiny_net.parameters()] == flags
+    assert all(p.grad is None for p in tiny_net.parameters())  # no gradient accumulated in parameters
     torch.testing.assert_close(bn.running_mean, running_mean)  # explained in eval mode: statistics untouched
 
     def explode(*_):
@@ -38,28 +73,51 @@ def test_hooks_are_removed_and_mode_restored_even_after_an_exception(tiny_net, t
 
     tiny_net.classifier.register_forward_hook(explode)
     with pytest.raises(RuntimeError, match="boom"):
-        technique(tiny_net, ["features"]).explain(torch.randn(1, 3, 12, 12), torch.tensor([0]), torch.tensor([0]))
+        make(name, tiny_net).explain(torch.randn(1, 3, 12, 12), torch.tensor([0]), torch.tensor([0]))
     tiny_net.classifier._forward_hooks.clear()
     assert hook_count(tiny_net) == 0
     assert all(m.training for m in tiny_net.modules())
+    assert [p.requires_grad for p in tiny_net.parameters()] == flags
+    assert all(p.grad is None for p in tiny_net.parameters())
 
 
-@pytest.mark.parametrize("technique", TECHNIQUES)
-def test_rows_and_targets_must_pair_up(tiny_net, technique) -> None:
+def live_tensors() -> int:
+    gc.collect()
+    return sum(1 for item in gc.get_objects() if issubclass(type(item), torch.Tensor))
+
+
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_memory_is_flat_over_200_batches(tiny_net, name: str) -> None:
+    technique = make(name, tiny_net)
+    images, rows, targets = torch.randn(2, 3, 8, 8), torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2])
+    for _ in range(5):
+        technique.explain(images, rows, targets)
+    tensors, resident = live_tensors(), resident_bytes()
+    for _ in range(200):
+        technique.explain(images, rows, targets)
+    assert live_tensors() == tensors  # nothing kept between calls
+    assert resident_bytes() - resident < 20 * 2**20
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rows_and_targets_must_pair_up(tiny_net, name: str) -> None:
     with pytest.raises(ValueError, match="equal length"):
-        technique(tiny_net, ["features"]).explain(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), torch.tensor([0]))
+        make(name, tiny_net).explain(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), torch.tensor([0]))
     with pytest.raises(ValueError, match="outside the batch"):
-        technique(tiny_net, ["features"]).explain(torch.randn(2, 3, 8, 8), torch.tensor([0, 2]), torch.tensor([0, 0]))
+        make(name, tiny_net).explain(torch.randn(2, 3, 8, 8), torch.tensor([0, 2]), torch.tensor([0, 0]))
 
 
-@pytest.mark.parametrize("technique", TECHNIQUES)
-def test_a_model_that_ignores_its_input_gives_zero_maps_not_nan(tiny_net, technique) -> None:
+@pytest.mark.parametrize("name", NAMES)
+def test_a_model_that_ignores_its_input_gives_zero_maps_not_nan(tiny_net, name: str) -> None:
     with torch.no_grad():
         for parameter in tiny_net.features.parameters():
             parameter.zero_()
-    maps = technique(tiny_net, ["features"]).explain(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]),
-                                                     torch.tensor([0, 1]))
-    assert torch.equal(maps, torch.zeros(2, 8, 8))
+    explanation = make(name, tiny_net).explain(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    assert torch.equal(explanation.maps, torch.zeros(2, 8, 8))
 
 
 def test_normalise_maps() -> None:
@@ -72,7 +130,21 @@ def test_slot_of_rows_counts_earlier_rows_of_the_same_image() -> None:
     assert slot_of_rows(torch.tensor([2, 0, 2, 1, 0, 2])).tolist() == [0, 0, 1, 0, 1, 2]
 
 
+def test_row_gradients_match_one_backward_pass_per_row() -> None:
+    torch.manual_seed(0)
+    weights = torch.randn(4, 3)
+    inputs = torch.randn(2, 3, requires_grad=True)
+
+    def scores() -> torch.Tensor:  # B x classes, each image's scores depend only on that image
+        return (inputs @ weights.T) ** 2
+
+    rows, targets = torch.tensor([1, 0, 1]), torch.tensor([2, 0, 3])
+    (gradients,) = row_gradients(scores(), [inputs], rows, targets)
+    for row in range(3):
+        (expected,) = torch.autograd.grad(scores()[rows[row], targets[row]], inputs)
+        torch.testing.assert_close(gradients[row], expected[rows[row]])
+
+
 def test_unknown_layer_is_refused(tiny_net) -> None:
     with pytest.raises(ValueError, match="no such layer in the model: nope"):
         GradCAM(tiny_net, ["nope"]).explain(torch.randn(1, 3, 8, 8), torch.tensor([0]), torch.tensor([0]))
-

@@ -19,7 +19,7 @@ def test_matches_the_definition_whatever_the_streaming_batch(tiny_net, technique
                             for i, t in zip(image_rows, targets, strict=True)])
     assert all(float(m.max()) == 1.0 for m in expected)  # maps with content
     for batch_size in (1, 7, 64):
-        maps = technique(tiny_net, ["features"], batch_size=batch_size).explain(images, image_rows, targets)
+        maps = technique(tiny_net, ["features"], batch_size=batch_size).explain(images, image_rows, targets).maps
         torch.testing.assert_close(maps, expected, atol=1e-5, rtol=1e-4)
 
 
@@ -32,7 +32,8 @@ def test_max_channels_scores_only_the_most_active_channels(tiny_net) -> None:
         tiny_net(image[None])
         handle.remove()
     top = captured["a"][0].mean(dim=(1, 2)).topk(4).indices.tolist()
-    maps = ScoreCAM(tiny_net, ["features"], max_channels=4).explain(image[None], torch.tensor([0]), torch.tensor([1]))
+    technique = ScoreCAM(tiny_net, ["features"], max_channels=4)
+    maps = technique.explain(image[None], torch.tensor([0]), torch.tensor([1])).maps
     torch.testing.assert_close(maps[0], reference_scorecam(tiny_net, "features", image, 1, channels=top),
                                atol=1e-5, rtol=1e-4)
 

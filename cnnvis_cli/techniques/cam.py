@@ -1,0 +1,127 @@
+"""The class-activation-map engine: map = ReLU(sum over channels k of weight_k x A_k) on chosen layers.
+
+The engine owns hooks, gradients, upsampling and normalisation; a CAM only says how it weighs the layer's
+channels. Conventions, shared by all CAMs:
+- activations are captured by a forward hook that hands the rest of the network a copy, so in-place
+  operations downstream (in-place ReLU, ResNet's `out += identity`) never alter what was captured;
+- gradients are taken with respect to those activations only (no parameter gradients), and each image's
+  activations are computed once however many targets it has;
+- maps are ReLU-ed, upsampled bilinearly (`align_corners=False`) to the input size and min-max
+  normalised per map; with several layers, the normalised maps are averaged (so no layer dominates by its
+  scale) and normalised again.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnvis_cli.techniques.base import Explanation, Technique, TechniqueContext, normalise_maps, row_gradients
+
+
+class LayerCapture:
+    """Forward hooks on named layers that keep each layer's output (its last call, if called twice).
+
+    With `differentiable=True` the kept output is a tensor that requires grad, so gradients with respect
+    to it can be taken even when the model's parameters are frozen.
+    """
+
+    def __init__(self, model: nn.Module, layer_names: Sequence[str], differentiable: bool) -> None:
+        modules = dict(model.named_modules())
+        missing = [name for name in layer_names if name not in modules]
+        if missing:
+            raise ValueError(f"no such layer in the model: {', '.join(missing)}")
+        self.modules = {name: modules[name] for name in layer_names}
+        self.differentiable = differentiable
+        self.activations: dict[str, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> LayerCapture:
+        try:
+            for name, module in self.modules.items():
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def keep(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor:
+            if not isinstance(output, torch.Tensor) or output.ndim != 4:
+                raise ValueError(f"layer '{name}' must output an N x C x H x W tensor")
+            if self.differentiable and not output.requires_grad:
+                output = output.detach().requires_grad_(True)
+            self.activations[name] = output
+            return output.clone()  # the network goes on with a copy; the kept tensor stays as it was
+
+        return keep
+
+
+class CamTechnique(Technique):
+    """A class activation map on one or more layers."""
+
+    needs_gradients: ClassVar[bool] = True
+    cost = "1 forward + 1 backward to the layer"
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], *, amp: bool = False) -> None:
+        if not layers:
+            raise ValueError("a CAM technique needs at least one layer")
+        super().__init__(model, amp=amp)
+        self.layers = list(layers)
+
+    @classmethod
+    def from_context(cls, context: TechniqueContext) -> CamTechnique:
+        return cls(context.model, context.layers, amp=context.amp)
+
+    def _explain(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> Explanation:
+        return Explanation(self.cam(images, image_rows, targets))
+
+    def cam(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """R maps in [0, 1] at the images' size (the model must already be in eval mode)."""
+        with LayerCapture(self.model, self.layers, self.needs_gradients) as capture:
+            with torch.set_grad_enabled(self.needs_gradients), self.autocast(images):
+                logits = self.model(images)
+            tensors = [capture.activations[layer] for layer in self.layers]
+            gradients = row_gradients(logits, tensors, image_rows, targets) if self.needs_gradients \
+                else [None] * len(tensors)
+        maps = []
+        for layer, tensor, gradient in zip(self.layers, tensors, gradients, strict=True):
+            cam = F.relu(self.layer_map(tensor.detach().float(), gradient, images, image_rows, targets, layer))
+            maps.append(normalise_maps(F.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear",
+                                                     align_corners=False)[:, 0]))
+        return maps[0] if len(maps) == 1 else normalise_maps(torch.stack(maps).mean(dim=0))
+
+    @abstractmethod
+    def layer_map(self, activation: torch.Tensor, gradient: torch.Tensor | None, images: torch.Tensor,
+                  image_rows: torch.Tensor, targets: torch.Tensor, layer: str) -> torch.Tensor:
+        """R x h x w map of one layer, before ReLU, from its B x K x h x w activation (and R x K x h x w
+        gradient when the technique needs gradients)."""
+
+
+class ChannelWeightedCAM(CamTechnique):
+    """A CAM that weighs the layer's channels: map = sum_k weight_k A_k."""
+
+    def layer_map(self, activation: torch.Tensor, gradient: torch.Tensor | None, images: torch.Tensor,
+                  image_rows: torch.Tensor, targets: torch.Tensor, layer: str) -> torch.Tensor:
+        weights = self.channel_weights(activation, gradient, images, image_rows, targets, layer)
+        if weights.ndim == 2:
+            weights = weights[:, :, None, None]
+        return (weights * activation[image_rows]).sum(dim=1)
+
+    @abstractmethod
+    def channel_weights(self, activation: torch.Tensor, gradient: torch.Tensor | None, images: torch.Tensor,
+                        image_rows: torch.Tensor, targets: torch.Tensor, layer: str) -> torch.Tensor:
+        """R x K weights (or R x K x h x w, per position) for `layer`'s B x K x h x w activation."""

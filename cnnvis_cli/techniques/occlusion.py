@@ -1,0 +1,74 @@
+"""Occlusion: Zeiler and Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014.
+
+A square window slides over the image (all colour channels at once), and each pixel's attribution is the
+mean, over the windows that cover it, of how much covering them lowers the target's logit:
+
+    attribution(p) = mean over windows w containing p of S_c(x) - S_c(x with w filled)
+
+The fill is black, the mean colour or the blurred image (`baselines.py`). Windows start every `stride`
+pixels and stay inside the image (as in Captum; pixels past the last window get 0). Every (image, window)
+pair is one forward pass, streamed through the model `batch_size` at a time; each pass serves every target
+of its image.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnvis_cli.techniques.attribution import SignedTechnique
+from cnnvis_cli.techniques.base import TechniqueContext
+from cnnvis_cli.techniques.baselines import baseline_images
+
+
+def window_masks(height: int, width: int, window: int, stride: int, device: torch.device) -> torch.Tensor:
+    """P x H x W float masks, 1 inside each window position, row by row."""
+    window_h, window_w = min(window, height), min(window, width)
+    tops = torch.arange(0, height - window_h + 1, stride, device=device)
+    lefts = torch.arange(0, width - window_w + 1, stride, device=device)
+    rows = torch.arange(height, device=device)
+    cols = torch.arange(width, device=device)
+    inside_rows = (rows[None] >= tops[:, None]) & (rows[None] < tops[:, None] + window_h)  # T x H
+    inside_cols = (cols[None] >= lefts[:, None]) & (cols[None] < lefts[:, None] + window_w)  # L x W
+    return (inside_rows[:, None, :, None] & inside_cols[None, :, None, :]).flatten(0, 1).float()
+
+
+class Occlusion(SignedTechnique):
+    name = "occlusion"
+    summary = "Occlusion (Zeiler and Fergus, 2014): the score lost when a sliding window hides each region"
+    cost = "1 + P forwards (P window positions)"
+
+    def __init__(self, model: nn.Module, *, amp: bool = False, window: int = 32, stride: int = 16,
+                 fill: str = "black", mean: tuple[float, ...] = (0.0, 0.0, 0.0),
+                 std: tuple[float, ...] = (1.0, 1.0, 1.0), batch_size: int = 64) -> None:
+        super().__init__(model, amp=amp)
+        self.window, self.stride, self.fill, self.mean, self.std = window, stride, fill, mean, std
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_context(cls, context: TechniqueContext) -> Occlusion:
+        options = context.options.occlusion
+        return cls(context.model, amp=context.amp, window=options.window, stride=options.stride, fill=options.fill,
+                   mean=context.mean, std=context.std, batch_size=context.options.batch_size)
+
+    @torch.no_grad()
+    def attribute(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        num_images, _, height, width = images.shape
+        masks = window_masks(height, width, self.window, self.stride, images.device)  # P x H x W
+        fills = baseline_images(self.fill, images, self.mean, self.std)
+        classes, class_of_row = torch.unique(targets, return_inverse=True)
+        with self.autocast(images):
+            original = self.model(images).float()[image_rows, targets]  # R
+        scores = images.new_zeros((num_images, len(masks), len(classes)), dtype=torch.float32)
+        pair_image = torch.arange(num_images, device=images.device).repeat_interleave(len(masks))
+        pair_window = torch.arange(len(masks), device=images.device).repeat(num_images)
+        for start in range(0, len(pair_image), self.batch_size):
+            image_index = pair_image[start:start + self.batch_size]
+            window_index = pair_window[start:start + self.batch_size]
+            covered = masks[window_index][:, None]
+            occluded = images[image_index] * (1 - covered) + fills[image_index] * covered
+            with self.autocast(images):
+                scores[image_index, window_index] = self.model(occluded).float()[:, classes]
+        drops = original[:, None] - scores[image_rows, :, class_of_row]  # R x P
+        coverage = masks.sum(dim=0).clamp(min=1)
+        return ((drops @ masks.flatten(1)).view(-1, height, width) / coverage)[:, None]
