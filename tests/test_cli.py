@@ -74,6 +74,9 @@ def test_jsonl_output_is_one_object_per_selected_sample(tmp_path: Path) -> None:
     (["run", "-m", "selection.threshold=0.3,1.5"], "selection.threshold=1.5 is outside [0, 1]"),
     (["run", "selection.treshold=0.3"], "unknown config key 'selection.treshold'; did you mean selection.threshold"),
     (["list", "modles"], "unknown list 'modles'; did you mean models"),
+    (["run", "technique=integrated_gradients", "technique.integrated_gradients.baseline=grey"],
+     "technique.integrated_gradients.baseline=grey is not valid; choose one of black, mean, blurred, noise"),
+    (["run", "technique=rise", "technique.rise.keep=1.5"], "technique.rise.keep=1.5 is outside [0, 1]"),
 ])
 def test_user_mistakes_are_one_line_with_exit_code_2(args: list[str], message: str, tmp_path: Path) -> None:
     result = cnnvis(*args, cwd=tmp_path)
@@ -85,7 +88,11 @@ def test_user_mistakes_are_one_line_with_exit_code_2(args: list[str], message: s
 
 def test_list_commands(tmp_path: Path) -> None:
     assert "vgg16" in cnnvis("list", "models", cwd=tmp_path).stdout
-    assert "scorecam" in cnnvis("list", "techniques", cwd=tmp_path).stdout
+    techniques = cnnvis("list", "techniques", cwd=tmp_path).stdout
+    for name in ("gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "scorecam", "ablationcam", "eigencam",
+                 "saliency", "gradient_x_input", "guided_backprop", "guided_gradcam", "integrated_gradients",
+                 "smoothgrad", "occlusion", "rise", "lrp"):
+        assert f"\n  {name} " in techniques
     assert "imagenette" in cnnvis("list", "datasets", cwd=tmp_path).stdout
     assert "label_not_in_topk" in cnnvis("list", "selections", cwd=tmp_path).stdout
     layers = cnnvis("list", "layers", "model=resnet18", cwd=tmp_path)  # no weights needed, so no download

@@ -140,3 +140,37 @@ def test_bad_technique_layers_are_user_errors_before_inference(layers: str, mess
     with pytest.raises(UserError, match=message):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "predictions.csv").exists()
+
+
+@pytest.mark.parametrize(("model", "technique", "message"), [
+    ("mobilenet_v3_large", "lrp", r"lrp handles models built from .*Hardswish"),
+    ("convnext_tiny", "guided_backprop", r"guided_backprop needs a model with ReLU activations"),
+])
+def test_a_technique_that_cannot_explain_the_model_is_refused_before_inference(
+        model: str, technique: str, message: str, tmp_path: Path) -> None:
+    cfg = run_config(f"model={model}", "model.weights=null", f"technique={technique}")
+    with pytest.raises(UserError, match=message):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "predictions.csv").exists()
+
+
+def test_every_technique_runs_on_the_demo_and_signed_ones_save_signed_maps(tmp_path: Path) -> None:
+    from cnnvis_cli.techniques import TECHNIQUES
+
+    cfg = run_config("dataset.limit=60", f"technique=[{','.join(TECHNIQUES)}]", "technique.max_channels=8",
+                     "technique.rise.masks=50", "technique.integrated_gradients.steps=8", "save_maps=true",
+                     "selection.max_samples=4", "technique.smooth.samples=2")
+    result = run(cfg, tmp_path)
+    smoothed = {"saliency", "gradient_x_input", "guided_backprop", "guided_gradcam", "integrated_gradients", "lrp"}
+    names = [f"{name}_smooth" if name in smoothed else name for name in TECHNIQUES]
+    assert result.summary["techniques"] == names
+    assert set(result.summary["signed_techniques"]) == {f"{name}_smooth" for name in smoothed} | {"occlusion"}
+    for name in names:
+        overlays = sorted((tmp_path / "heatmaps" / name).glob("*.png"))
+        maps = [np.load(path) for path in sorted((tmp_path / "maps" / name).glob("*.npy"))]
+        assert len(overlays) == len(maps) > 0
+        assert all(m.shape == (96, 96) and np.isfinite(m).all() for m in maps)
+        if name in result.summary["signed_techniques"]:
+            assert any(m.min() < 0 for m in maps)  # the signed map, not its [0, 1] heat
+        else:
+            assert all(m.min() >= 0 and m.max() <= 1 for m in maps)

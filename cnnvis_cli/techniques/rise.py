@@ -60,7 +60,7 @@ class RISE(Technique):
         rows = tops[:, None] + torch.arange(height, device=device)[None]  # n x H
         cols = lefts[:, None] + torch.arange(width, device=device)[None]  # n x W
         index = torch.arange(len(rows), device=device)[:, None, None]
-        return upsampled[index, rows[:, :, None], cols[:, None, :]]
+        return upsampled[index, rows[:, :, None], cols[:, None, :]].clamp_(0, 1)  # rounding can pass 1
 
     @torch.no_grad()
     def _explain(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> Explanation:

@@ -1,0 +1,99 @@
+"""Seconds per (image, target) of every cnnvis technique, beside the model's bare forward pass.
+
+    python benchmarks/technique_speed.py --model resnet18 --batch 4 [--device cuda] [--amp] [--only gradcam,...]
+
+Random-initialised torchvision model (seed 0) at 224 px, techniques at their default options, one target per
+image; after a warm-up, the median of `--repeats` runs. Prints a Markdown table; with `--amp`, also each
+technique's per-image Pearson correlation with its float32 maps on the same device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+import torchvision
+
+from cnnvis_cli.config import TechniqueConfig
+from cnnvis_cli.models import inspect_layers, resolve_target_layer
+from cnnvis_cli.techniques import TECHNIQUES, TechniqueContext, build_technique
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(work, device: torch.device, repeats: int) -> float:
+    work()  # warm-up
+    synchronise(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        synchronise(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The smallest per-map correlation, over the maps with content in both."""
+    pairs = [(x, y) for x, y in zip(a.cpu().numpy(), b.cpu().numpy(), strict=True) if np.ptp(x) > 0 and np.ptp(y) > 0]
+    return min((float(np.corrcoef(x.ravel(), y.ravel())[0, 1]) for x, y in pairs), default=float("nan"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated technique names (default: all)")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(args.model, weights=None).eval().requires_grad_(False).to(device)
+    layer = resolve_target_layer(model, None, inspect_layers(model, args.size)[0])
+    images = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    rows = torch.arange(args.batch, device=device)
+    with torch.inference_mode():
+        targets = model(images).argmax(dim=1)
+
+    def bare_forward() -> None:
+        with torch.inference_mode():
+            model(images)
+
+    forward = median_seconds(bare_forward, device, args.repeats) / args.batch
+    card = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    print(f"{args.model}, batch {args.batch}, {args.size} px, {device}{card}, amp {args.amp}, "
+          f"torch {torch.__version__}")
+    print(f"bare forward (no grad): {forward:.4f} s per image\n")
+    header = "| technique | s per (image, target) | x bare forward | cost |"
+    if args.amp:
+        header += " Pearson AMP vs float32 |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    names = [name for name in TECHNIQUES if not args.only or name in args.only.split(",")]
+    for name in names:
+        context = TechniqueContext(model, [layer], TechniqueConfig(), args.amp, IMAGENET_MEAN, IMAGENET_STD)
+        technique = build_technique(name, context)
+        seconds = median_seconds(lambda t=technique: t.explain(images, rows, targets), device, args.repeats)
+        line = f"| {name} | {seconds / args.batch:.4f} | {seconds / args.batch / forward:.1f} | {technique.cost} |"
+        if args.amp:
+            exact = build_technique(name, TechniqueContext(model, [layer], TechniqueConfig(), False, IMAGENET_MEAN,
+                                                           IMAGENET_STD))
+            halves, singles = (t.explain(images, rows, targets).maps for t in (technique, exact))
+            line += f" {pearson(halves, singles):.4f} |"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
