@@ -75,7 +75,7 @@ def main() -> None:
     card = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     print(f"{args.model}, batch {args.batch}, {args.size} px, {device}{card}, amp {args.amp}, "
           f"torch {torch.__version__}")
-    print(f"bare forward (no grad): {forward:.4f} s per image\n")
+    print(f"bare forward (no grad): {forward:.4g} s per image\n")
     header = "| technique | s per (image, target) | x bare forward | cost |"
     if args.amp:
         header += " Pearson AMP vs float32 |"
@@ -86,7 +86,7 @@ def main() -> None:
         context = TechniqueContext(model, [layer], TechniqueConfig(), args.amp, IMAGENET_MEAN, IMAGENET_STD)
         technique = build_technique(name, context)
         seconds = median_seconds(lambda t=technique: t.explain(images, rows, targets), device, args.repeats)
-        line = f"| {name} | {seconds / args.batch:.4f} | {seconds / args.batch / forward:.1f} | {technique.cost} |"
+        line = f"| {name} | {seconds / args.batch:.4g} | {seconds / args.batch / forward:.1f} | {technique.cost} |"
         if args.amp:
             exact = build_technique(name, TechniqueContext(model, [layer], TechniqueConfig(), False, IMAGENET_MEAN,
                                                            IMAGENET_STD))

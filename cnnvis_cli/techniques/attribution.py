@@ -6,6 +6,9 @@ attributions, whose values add up to the target's score: what speaks for the tar
 gradients, whose sign says which way a pixel would move the score, not whether it supports it), min-max
 normalised.
 
+- Vanilla gradients (Simonyan et al., ICLR Workshops 2014): attribution = d S_c / d x
+- Gradient x input (Shrikumar et al., arXiv:1605.01713, 2016): attribution = x * d S_c / d x
+
 Gradients of the input are taken for every row in one forward pass per batch and one backward pass per
 target slot (`row_gradients`), with respect to the input only.
 """

@@ -1,7 +1,13 @@
 """CAMs weighted by gradients: the target's score differentiated with respect to the layer's activation.
 
 Each method says how gradients g = d score_c / d A_k(i, j) weigh the activations A_k; the engine
-(`cam.py`) then takes map = ReLU(sum_k weight_k * A_k), with weights per channel or per position.
+(`cam.py`) then takes map = ReLU(sum_k weight_k * A_k), with weights per channel or per position:
+
+- Grad-CAM (Selvaraju et al., ICCV 2017):         weight_k = mean_ij g
+- Grad-CAM++ (Chattopadhay et al., WACV 2018):    weight_k = sum_ij alpha_k(i, j) ReLU(g)
+- XGrad-CAM (Fu et al., BMVC 2020):               weight_k = sum_ij g A_k(i, j) / sum_ab A_k(a, b)
+- HiRes-CAM (Draelos and Carin, 2020):            weight_k(i, j) = g
+- LayerCAM (Jiang et al., IEEE TIP 2021):          weight_k(i, j) = ReLU(g)
 """
 
 from __future__ import annotations

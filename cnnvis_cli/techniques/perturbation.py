@@ -1,6 +1,9 @@
 """CAMs weighted by perturbing the network: each channel's weight comes from forward passes in which that
 channel is shown alone (Score-CAM) or removed (Ablation-CAM).
 
+- Score-CAM (Wang et al., CVPR Workshops 2020):  weight_k = softmax(f(X * normalised upsampled A_k))_c
+- Ablation-CAM (Desai and Ramaswamy, WACV 2020): weight_k = (y_c - y_c with A_k = 0) / y_c
+
 Both score every (image, channel) pair with one forward pass, streamed through the model `batch_size`
 pairs at a time so memory stays bounded whatever the channel count; each pass serves every target of its
 image. `max_channels=K` scores only the K channels with the largest mean activation (the "Faster
