@@ -16,7 +16,7 @@ run: $(STAMP)
 	$(BIN)/cnnvis run
 
 lint: $(STAMP)
-	$(BIN)/ruff check cnnvis_cli tests
+	$(BIN)/ruff check cnnvis_cli tests benchmarks
 
 test: lint
 	$(BIN)/pytest
