@@ -142,13 +142,14 @@ def test_bad_technique_layers_are_user_errors_before_inference(layers: str, mess
     assert not (tmp_path / "run" / "predictions.csv").exists()
 
 
-@pytest.mark.parametrize(("model", "technique", "message"), [
-    ("mobilenet_v3_large", "lrp", r"lrp handles models built from .*Hardswish"),
-    ("convnext_tiny", "guided_backprop", r"guided_backprop needs a model with ReLU activations"),
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model=mobilenet_v3_large", "technique=lrp"], r"lrp handles models built from .*Hardswish"),
+    (["model=convnext_tiny", "technique=guided_backprop"], r"guided_backprop needs a model with ReLU activations"),
+    (["model=mobilenet_v3_large", "technique=lrp", "technique.smooth.samples=2"], r"lrp handles models built from"),
 ])
 def test_a_technique_that_cannot_explain_the_model_is_refused_before_inference(
-        model: str, technique: str, message: str, tmp_path: Path) -> None:
-    cfg = run_config(f"model={model}", "model.weights=null", f"technique={technique}")
+        overrides: list[str], message: str, tmp_path: Path) -> None:
+    cfg = run_config("model.weights=null", *overrides)
     with pytest.raises(UserError, match=message):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "predictions.csv").exists()

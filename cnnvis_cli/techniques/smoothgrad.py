@@ -33,6 +33,9 @@ class SmoothGrad(SignedTechnique):
         return cls(inner or Saliency.from_context(context), samples=smooth.samples, noise=smooth.noise,
                    seed=context.seed, batch_size=context.options.batch_size)
 
+    def check(self, example: torch.Tensor) -> None:
+        self.inner.check(example)
+
     def heat(self, attribution: torch.Tensor, signed: torch.Tensor) -> torch.Tensor:
         return self.inner.heat(attribution, signed)
 
