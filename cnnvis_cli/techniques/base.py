@@ -166,3 +166,23 @@ def row_gradients(scores: torch.Tensor, tensors: Sequence[torch.Tensor], image_r
             if grad is not None:  # None: the score does not depend on the tensor, so its gradient is zero
                 result[rows] = grad[image_rows[rows]].float()
     return results
+
+
+def stacked_rows(image_rows: torch.Tensor, copies: int, num_images: int) -> torch.Tensor:
+    """The rows of `copies` versions of a batch stacked one after another (version c's images at
+    c * num_images ...), version by version: copies x R rows, flattened."""
+    offsets = torch.arange(copies, device=image_rows.device)[:, None] * num_images
+    return (image_rows[None] + offsets).flatten()
+
+
+def score_pairs(num_images: int, num_items: int, classes: torch.Tensor, batch_size: int, score) -> torch.Tensor:
+    """B x items x len(classes) scores of every (image, item) pair, `batch_size` pairs per call of
+    `score(image_index, item_index)`, which returns those pairs' M x all-classes scores."""
+    device = classes.device
+    scores = torch.zeros((num_images, num_items, len(classes)), device=device)
+    pair_image = torch.arange(num_images, device=device).repeat_interleave(num_items)
+    pair_item = torch.arange(num_items, device=device).repeat(num_images)
+    for start in range(0, len(pair_image), batch_size):
+        image_index, item_index = pair_image[start:start + batch_size], pair_item[start:start + batch_size]
+        scores[image_index, item_index] = score(image_index, item_index).float()[:, classes]
+    return scores

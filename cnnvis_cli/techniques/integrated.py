@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from cnnvis_cli.techniques.attribution import InputGradient
-from cnnvis_cli.techniques.base import TechniqueContext
+from cnnvis_cli.techniques.base import TechniqueContext, stacked_rows
 from cnnvis_cli.techniques.baselines import baseline_images
 
 
@@ -60,9 +60,8 @@ class IntegratedGradients(InputGradient):
         for start in range(0, self.steps, per_pass):
             alphas = nodes[start:start + per_pass]
             inputs = (baselines[None] + alphas.view(-1, 1, 1, 1, 1) * difference[None]).flatten(0, 1)
-            offsets = torch.arange(len(alphas), device=images.device)[:, None] * num_images
-            rows = (image_rows[None] + offsets).flatten()
-            gradients = self.gradients(inputs, rows, targets.repeat(len(alphas)))
+            gradients = self.gradients(inputs, stacked_rows(image_rows, len(alphas), num_images),
+                                       targets.repeat(len(alphas)))
             total += (weights[start:start + per_pass].view(-1, 1, 1, 1, 1)
                       * gradients.view(len(alphas), len(targets), *images.shape[1:])).sum(dim=0)
         return difference[image_rows] * total

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cnnvis_cli.techniques.attribution import SignedTechnique
-from cnnvis_cli.techniques.base import TechniqueContext
+from cnnvis_cli.techniques.base import TechniqueContext, score_pairs
 from cnnvis_cli.techniques.baselines import baseline_images
 
 
@@ -59,16 +59,13 @@ class Occlusion(SignedTechnique):
         classes, class_of_row = torch.unique(targets, return_inverse=True)
         with self.autocast(images):
             original = self.model(images).float()[image_rows, targets]  # R
-        scores = images.new_zeros((num_images, len(masks), len(classes)), dtype=torch.float32)
-        pair_image = torch.arange(num_images, device=images.device).repeat_interleave(len(masks))
-        pair_window = torch.arange(len(masks), device=images.device).repeat(num_images)
-        for start in range(0, len(pair_image), self.batch_size):
-            image_index = pair_image[start:start + self.batch_size]
-            window_index = pair_window[start:start + self.batch_size]
+
+        def score(image_index: torch.Tensor, window_index: torch.Tensor) -> torch.Tensor:
             covered = masks[window_index][:, None]
-            occluded = images[image_index] * (1 - covered) + fills[image_index] * covered
             with self.autocast(images):
-                scores[image_index, window_index] = self.model(occluded).float()[:, classes]
+                return self.model(images[image_index] * (1 - covered) + fills[image_index] * covered)
+
+        scores = score_pairs(num_images, len(masks), classes, self.batch_size, score)
         drops = original[:, None] - scores[image_rows, :, class_of_row]  # R x P
         coverage = masks.sum(dim=0).clamp(min=1)
         return ((drops @ masks.flatten(1)).view(-1, height, width) / coverage)[:, None]

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnvis_cli.device import autocast
-from cnnvis_cli.techniques.base import TechniqueContext, normalise_maps
+from cnnvis_cli.techniques.base import TechniqueContext, normalise_maps, score_pairs
 from cnnvis_cli.techniques.cam import ChannelWeightedCAM
 
 
@@ -49,15 +48,12 @@ class PerturbationCAM(ChannelWeightedCAM):
         scored = min(self.max_channels or num_channels, num_channels)
         channels = activation.mean(dim=(2, 3)).topk(scored, dim=1).indices  # B x scored
         classes, class_of_row = torch.unique(targets, return_inverse=True)
-        scores = activation.new_zeros((num_images, scored, len(classes)))  # the targets' perturbed scores
-        pair_image = torch.arange(num_images, device=images.device).repeat_interleave(scored)
-        pair_slot = torch.arange(scored, device=images.device).repeat(num_images)
-        for start in range(0, len(pair_image), self.batch_size):
-            image_index = pair_image[start:start + self.batch_size]
-            slot = pair_slot[start:start + self.batch_size]
-            with autocast(images.device, self.amp):
-                perturbed = self.perturbed_scores(activation, images, image_index, channels[image_index, slot], layer)
-            scores[image_index, slot] = perturbed.float()[:, classes]
+
+        def score(image_index: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+            with self.autocast(images):
+                return self.perturbed_scores(activation, images, image_index, channels[image_index, slot], layer)
+
+        scores = score_pairs(num_images, scored, classes, self.batch_size, score)  # the targets' perturbed scores
         row_weights = self.weights_from_scores(scores[image_rows, :, class_of_row], images, image_rows, targets)
         weights = activation.new_zeros((len(targets), num_channels))
         return weights.scatter_(1, channels[image_rows], row_weights)
@@ -126,6 +122,6 @@ class AblationCAM(PerturbationCAM):
 
     def weights_from_scores(self, scores: torch.Tensor, images: torch.Tensor, image_rows: torch.Tensor,
                             targets: torch.Tensor) -> torch.Tensor:
-        with autocast(images.device, self.amp):
+        with self.autocast(images):
             original = self.model(images).float()[image_rows, targets][:, None]  # R x 1
         return torch.where(original != 0, (original - scores) / torch.where(original != 0, original, 1.0), 0.0)

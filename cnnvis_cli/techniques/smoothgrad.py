@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from cnnvis_cli.techniques.attribution import InputGradient, Saliency, SignedTechnique
-from cnnvis_cli.techniques.base import TechniqueContext
+from cnnvis_cli.techniques.base import TechniqueContext, stacked_rows
 
 
 class SmoothGrad(SignedTechnique):
@@ -52,8 +52,7 @@ class SmoothGrad(SignedTechnique):
             noise = torch.randn((copies, *images.shape), generator=generator, device=images.device,
                                 dtype=images.dtype)
             noisy = (images[None] + noise * sigma[None]).flatten(0, 1)
-            offsets = torch.arange(copies, device=images.device)[:, None] * num_images
-            rows = (image_rows[None] + offsets).flatten()
-            attribution = self.inner.attribute(noisy, rows, targets.repeat(copies))
+            attribution = self.inner.attribute(noisy, stacked_rows(image_rows, copies, num_images),
+                                               targets.repeat(copies))
             total += attribution.float().view(copies, len(targets), *attribution.shape[1:]).sum(dim=0)
         return total / self.samples
