@@ -25,6 +25,8 @@ commands:
                            --help, --cfg job, -m, -cd DIR, --info); `cnnvis run` alone runs the demo
   list {{{'|'.join(LISTABLE)}}} [OVERRIDES]
                            show what can be chosen; `cnnvis list layers model=vgg16`
+  report RUN_DIR           rebuild a run's report.html; given a sweep's folder (outputs/multirun/...),
+                           one page that compares its jobs side by side
   demo train [--help]      retrain the embedded demo model
   --version                print the version
 
@@ -68,9 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(rest)
         if command == "list":
             return _list(rest)
+        if command == "report":
+            return _report_command(rest)
         if command == "demo":
             return _demo(rest)
-        raise unknown_name("command", command, ("run", "list", "demo"), "cnnvis --help")
+        raise unknown_name("command", command, ("run", "list", "report", "demo"), "cnnvis --help")
     except UserError as error:
         return fail(error)
     except KeyboardInterrupt:
@@ -82,6 +86,15 @@ def fail(error: UserError) -> int:
     """Print a user's mistake as one line on standard error; exit code 2."""
     print(f"cnnvis: error: {error}", file=sys.stderr)
     return 2
+
+
+def _report_command(argv: list[str]) -> int:
+    from cnnvis_cli.report import build_report
+
+    if len(argv) != 1 or argv[0].startswith("-"):
+        raise UserError("usage: cnnvis report RUN_DIR (a run directory, or a sweep's folder of job directories)")
+    print(build_report(Path(argv[0]).expanduser()))
+    return 0
 
 
 # --- run ------------------------------------------------------------------------------------------

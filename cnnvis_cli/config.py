@@ -134,6 +134,11 @@ class RenderConfig:
 
     colormap: str = "jet"
     alpha: float = 0.5  # weight of the heatmap in the overlay
+    panels: bool = True  # one picture per selected sample: overlays, zooms, top guesses
+    zoom: bool = True  # panels: beside each overlay, the original cut to the box the map points at
+    zoom_threshold: float = 0.5  # the box holds the map at or above this share of its peak
+    topn: int = 10  # panels: the model's top guesses in the bar chart
+    panel_size: int = 224  # panels: pixels per side of each picture
 
 
 @dataclass
@@ -150,6 +155,7 @@ class RunConfig:
     seed: int = 0
     topk: int = 5  # top-k classes written per sample in predictions.csv
     targets: list[str] = field(default_factory=lambda: ["pred", "true"])
+    report: bool = True  # write report.html into the run directory
     explain_batch_size: int = 16  # images per batch in the explanation stage
     save_maps: bool = False
     stdout: str = "path"  # path: print the run directory; jsonl: one JSON object per selected sample
@@ -207,6 +213,7 @@ def check_run_config(cfg: RunConfig) -> None:
         ("selection.entropy", cfg.selection.entropy),
         ("render.alpha", cfg.render.alpha),
         ("technique.rise.keep", cfg.technique.rise.keep),
+        ("render.zoom_threshold", cfg.render.zoom_threshold),
     ):
         if not 0.0 <= value <= 1.0:
             raise UserError(f"{key}={value} is outside [0, 1]; choose a value between 0 and 1")
@@ -221,6 +228,7 @@ def check_run_config(cfg: RunConfig) -> None:
         ("technique.occlusion.stride", cfg.technique.occlusion.stride),
         ("technique.rise.masks", cfg.technique.rise.masks),
         ("technique.rise.grid", cfg.technique.rise.grid),
+        ("render.topn", cfg.render.topn),
     ):
         if value < 1:
             raise UserError(f"{key}={value} must be at least 1")
@@ -240,6 +248,8 @@ def check_run_config(cfg: RunConfig) -> None:
             raise UserError(f"{key}={value} must be 0 or more")
     if cfg.technique.rise.keep == 0:
         raise UserError("technique.rise.keep=0 keeps no cell; choose a value in (0, 1], e.g. 0.5")
+    if cfg.render.panel_size < 64:
+        raise UserError(f"render.panel_size={cfg.render.panel_size} is too small to read; use 64 or more")
     if cfg.technique.lrp.epsilon <= 0:
         raise UserError(f"technique.lrp.epsilon={cfg.technique.lrp.epsilon} must be above 0, e.g. 0.25")
     if cfg.dataset.num_workers < 0:

@@ -3,7 +3,8 @@ and write the overlays (and raw maps, when asked) as each batch finishes.
 
 Maps stay on the device from the technique to the colour-mapped overlay; one copy per batch brings the
 finished overlays to the CPU for PNG encoding. Signed techniques are drawn with a diverging colormap and
-save their signed map (`save_maps=true`); the others draw and save their [0, 1] map.
+save their signed map (`save_maps=true`); the others draw and save their [0, 1] map. With panels on, each
+sample also gets one panel (`panels.py`) with every overlay, zooms into the original and its top guesses.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnvis_cli.data import UNLABELLED, Batch
+from cnnvis_cli.data import UNLABELLED, Batch, Source
 from cnnvis_cli.inference import Predictions, class_name, normalise
 from cnnvis_cli.models import Preprocess
+from cnnvis_cli.panels import PanelContent, Tile, render_panel, to_original, zoom_box
 from cnnvis_cli.progress import progress_bar
 from cnnvis_cli.render import colormap_lut, diverging_lut, encode_png, overlay, signed_overlay
-from cnnvis_cli.run_dir import RunDir, safe_name
+from cnnvis_cli.run_dir import RunDir, panel_path, safe_name
 from cnnvis_cli.selection import Case
 from cnnvis_cli.targets import Target, targets_for
 from cnnvis_cli.techniques import Technique
@@ -34,6 +36,7 @@ class Explained:
     case: Case
     overlays: list[str] = field(default_factory=list)  # paths relative to the run directory
     maps: list[str] = field(default_factory=list)
+    panel: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,11 @@ class RenderOptions:
     colormap: str
     alpha: float
     save_maps: bool
+    panels: bool = False
+    zoom: bool = True
+    zoom_threshold: float = 0.5
+    topn: int = 10
+    panel_size: int = 224
 
 
 def heatmap_name(index: int, sample_id: str, true_name: str, target_name: str) -> str:
@@ -52,8 +60,9 @@ def heatmap_name(index: int, sample_id: str, true_name: str, target_name: str) -
 def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Predictions,
                   techniques: list[Technique], parsed_targets: list[str | int], class_names: list[str],
                   preprocess: Preprocess, device: torch.device, run_dir: RunDir, options: RenderOptions,
-                  show_progress: bool = True) -> list[Explained]:
-    """Maps and overlays for every case, technique and target; returns what was written per case."""
+                  source: Source | None = None, show_progress: bool = True) -> list[Explained]:
+    """Maps and overlays for every case, technique and target (and a panel per case when asked, which
+    re-reads the original from `source` for its zooms); returns what was written per case."""
     case_of_index = {int(predictions.indices[case.row]): case for case in cases}
     explained = {case.row: Explained(case) for case in cases}
     lut = colormap_lut(options.colormap, device)
@@ -73,6 +82,7 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
             target_classes = torch.tensor([target.class_index for _, target in rows], dtype=torch.long, device=device)
             images = batch.images.to(device, non_blocking=True)
             model_input = normalise(images, preprocess)
+            drawn = []  # per technique: R overlays and R [0, 1] maps, on the CPU
             for technique in techniques:
                 explanation = technique.explain(model_input, image_rows, target_classes)
                 if explanation.signed is None:
@@ -83,6 +93,7 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                     raw_maps = explanation.signed
                 pictures = pictures.cpu().numpy()
                 raw = raw_maps.cpu().numpy() if options.save_maps else None
+                drawn.append((technique, pictures, explanation.maps.cpu().numpy() if options.panels else None))
                 for row, (position, target) in enumerate(rows):
                     case = batch_cases[position]
                     name = heatmap_name(batch.indices[position], predictions.sample_ids[case.row],
@@ -96,8 +107,69 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                         map_path = f"maps/{technique.name}/{name}.npy"
                         run_dir.write_bytes(map_path, _npy_bytes(raw[row]))
                         record.maps.append(map_path)
+            if options.panels:
+                with torch.inference_mode():
+                    probabilities = techniques[0].model(model_input).float().softmax(dim=1).cpu().numpy()
+                for position, case in enumerate(batch_cases):
+                    record = explained[case.row]
+                    record.panel = panel_path(batch.indices[position], predictions.sample_ids[case.row])
+                    content = _panel_content(case, batch.indices[position], rows, position, drawn, probabilities,
+                                             images[position].permute(1, 2, 0).cpu().numpy(), predictions,
+                                             class_names, preprocess, source, options, lut, signed_lut)
+                    run_dir.write_bytes(record.panel, encode_png(render_panel(
+                        content, options.panel_size, options.zoom,
+                        predicted_correct=bool(predictions.correct[case.row]))))
             bar.advance(task, len(batch.indices))
     return [explained[case.row] for case in cases]
+
+
+def _panel_content(case: Case, index: int, rows: list[tuple[int, Target]], position: int, drawn: list,
+                   probabilities: np.ndarray, image: np.ndarray, predictions: Predictions, class_names: list[str],
+                   preprocess: Preprocess, source: Source | None, options: RenderOptions, lut: torch.Tensor,
+                   signed_lut: torch.Tensor) -> PanelContent:
+    """What one sample's panel shows."""
+    label = int(predictions.labels[case.row])
+    scores = probabilities[position]
+    original = _original(source, index) if options.zoom else None
+    tiles = []
+    for technique, pictures, heat in drawn:
+        for row, (row_position, target) in enumerate(rows):
+            if row_position != position:
+                continue
+            box = zoom_box(heat[row], options.zoom_threshold) if options.zoom else None
+            zoom = None
+            if box is not None and original is not None:
+                x0, y0, x1, y1 = to_original(box, (original.shape[1], original.shape[0]), preprocess.resize_size,
+                                             preprocess.input_size)
+                zoom = original[y0:y1, x0:x1] if x1 > x0 and y1 > y0 else None
+            tiles.append(Tile(technique.name, target.role, class_names[target.class_index],
+                              int((scores > scores[target.class_index]).sum()) + 1,
+                              float(scores[target.class_index]), pictures[row], box, zoom,
+                              is_true=target.class_index == label))
+    order = np.argsort(-scores, kind="stable")[:options.topn]
+    top = [(class_names[c], float(scores[c]), int(c) == label) for c in order]
+    true_name = class_name(class_names, label, "unlabelled")
+    predicted = int(predictions.predicted[case.row])
+    title = (f"#{index}  {predictions.sample_ids[case.row]}   true: {true_name}   predicted: "
+             f"{class_names[predicted]} ({float(predictions.confidence[case.row]):.1%})   "
+             f"selected: {', '.join(case.reasons)}")
+    bars = []
+    if any(not technique.signed for technique, _, _ in drawn):
+        bars.append((f"heatmap ({options.colormap}): where the model looked", lut.cpu().numpy(), "low", "high"))
+    if any(technique.signed for technique, _, _ in drawn):
+        bars.append(("attribution: blue speaks against the class, red for it", signed_lut.cpu().numpy(),
+                     "against", "for"))
+    return PanelContent(title, image, tiles, top, bars)
+
+
+def _original(source: Source | None, index: int) -> np.ndarray | None:
+    """The sample's original image (full resolution, RGB), or None when it cannot be read again."""
+    if source is None:
+        return None
+    try:
+        return np.asarray(source.load(index).image.convert("RGB"))
+    except (OSError, ValueError):
+        return None
 
 
 def _targets(case: Case, predictions: Predictions, parsed_targets: list[str | int]) -> list[Target]:

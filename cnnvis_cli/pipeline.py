@@ -33,6 +33,7 @@ from cnnvis_cli.errors import UserError
 from cnnvis_cli.explain import Explained, RenderOptions, explain_cases
 from cnnvis_cli.inference import Predictions, class_name, predict, prediction_header
 from cnnvis_cli.models import LoadedModel, load_model, resolve_target_layer
+from cnnvis_cli.report import write_report
 from cnnvis_cli.run_dir import RunDir
 from cnnvis_cli.selection import Selection, select
 from cnnvis_cli.targets import deepest_top, parse_targets
@@ -105,7 +106,9 @@ def run(cfg: RunConfig, output_dir: Path) -> RunResult:
     explained = explain_cases(
         loader(selected_indices, cfg.explain_batch_size), selection.cases, predictions, techniques,
         parsed_targets, class_names, loaded.preprocess, device, run_dir,
-        RenderOptions(cfg.render.colormap, cfg.render.alpha, cfg.save_maps), show_progress=cfg.progress,
+        RenderOptions(cfg.render.colormap, cfg.render.alpha, cfg.save_maps, cfg.render.panels, cfg.render.zoom,
+                      cfg.render.zoom_threshold, cfg.render.topn, cfg.render.panel_size),
+        source=source, show_progress=cfg.progress,
     ) if selection.cases else []
     lap("explanation")
 
@@ -113,6 +116,8 @@ def run(cfg: RunConfig, output_dir: Path) -> RunResult:
     summary = _summary(cfg, loaded, layers, techniques, device, predictions, selection, explained, seconds, started)
     summary["dataset_classes_not_in_model"] = unmatched  # their samples counted as unlabelled
     run_dir.write_json("summary.json", summary)
+    if cfg.report:
+        write_report(run_dir.root)
     records = [_record(item, predictions, class_names, source, run_dir.root) for item in explained]
     return RunResult(run_dir.root, summary, records)
 
@@ -231,5 +236,6 @@ def _record(item: Explained, predictions: Predictions, class_names: list[str], s
         "reasons": list(item.case.reasons),
         "overlays": [str(root / overlay) for overlay in item.overlays],
         "maps": [str(root / raw_map) for raw_map in item.maps],
+        "panel": None if item.panel is None else str(root / item.panel),
     }
 

@@ -23,6 +23,11 @@ def safe_name(text: str, max_length: int = 60) -> str:
     return cleaned[:max_length]
 
 
+def panel_path(index: int, sample_id: str) -> str:
+    """Where a run writes a sample's panel, relative to the run directory: `panels/000042-img_0007.png`."""
+    return f"panels/{index:06d}-{safe_name(Path(sample_id).stem, 40)}.png"
+
+
 class RunDir:
     """A run's output folder."""
 

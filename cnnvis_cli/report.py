@@ -1,0 +1,283 @@
+"""`report.html`: one self-contained page per run directory, built from the files the run wrote
+(`summary.json`, `predictions.csv`, `selected.csv`, `panels/`), so `cnnvis report RUN_DIR` can rebuild it
+at any time. No network: styles and script are inline, images are linked by relative path, so the folder
+can be zipped or served as it is. Every text that comes from data is HTML-escaped.
+
+For a sweep (`cnnvis run -m ...`), `write_sweep_report` builds one page in the sweep's folder that lists
+its jobs and shows the samples they share side by side, job by job.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter, defaultdict
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from cnnvis_cli.errors import UserError
+from cnnvis_cli.run_dir import panel_path
+
+REPORT = "report.html"
+TOP_CONFUSIONS = 10
+
+STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 0 24px 40px; color: #222; }
+h1 { font-size: 22px; margin: 18px 0 4px; } h2 { font-size: 17px; margin: 26px 0 8px; }
+.facts { color: #555; } .facts b { color: #222; }
+table { border-collapse: collapse; } td, th { padding: 3px 10px; border-bottom: 1px solid #e3e3e3; text-align: left; }
+th { background: #f4f4f4; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+.controls { position: sticky; top: 0; background: #fff; padding: 8px 0; border-bottom: 1px solid #ddd; z-index: 1; }
+.controls label { margin-right: 14px; } .controls select { margin-left: 4px; }
+#gallery { display: flex; flex-wrap: wrap; gap: 12px; margin-top: 12px; }
+.card { width: 320px; border: 1px solid #ddd; border-radius: 6px; padding: 8px; background: #fafafa; }
+.card img { width: 100%; height: auto; display: block; cursor: zoom-in; background: #fff; }
+.card .caption { margin-top: 6px; font-size: 13px; }
+.true { color: #1e963c; font-weight: 600; } .wrong { color: #c83c28; font-weight: 600; }
+.reasons { color: #666; font-size: 12px; }
+#viewer { max-width: 96vw; max-height: 96vh; padding: 0; border: none; }
+#viewer img { max-width: 94vw; max-height: 90vh; display: block; }
+#viewer::backdrop { background: rgba(0, 0, 0, 0.7); }
+a.confusion { cursor: pointer; }
+"""
+
+SCRIPT = """
+const cards = Array.from(document.querySelectorAll('#gallery .card'));
+const filters = ['reason', 'truth', 'predicted'];  // select ids, named as the cards' data attributes
+function apply() {
+  let shown = 0;
+  for (const card of cards) {
+    let keep = true;
+    for (const key of filters) {
+      const wanted = document.getElementById(key).value;
+      if (!wanted) continue;
+      const value = card.dataset[key];
+      keep = keep && (key === 'reason' ? value.split('|').includes(wanted) : value === wanted);
+    }
+    card.hidden = !keep;
+    shown += keep ? 1 : 0;
+  }
+  const [field, direction] = document.getElementById('sort').value.split(':');
+  const sign = direction === 'desc' ? -1 : 1;
+  const number = (card) => { const v = parseFloat(card.dataset[field]); return isNaN(v) ? -Infinity : v; };
+  cards.slice().sort((a, b) => sign * (number(a) - number(b)) || a.dataset.rank - b.dataset.rank)
+    .forEach((card) => document.getElementById('gallery').appendChild(card));
+  document.getElementById('shown').textContent = shown;
+}
+for (const id of [...filters, 'sort']) {
+  document.getElementById(id).addEventListener('change', apply);
+}
+for (const link of document.querySelectorAll('a.confusion')) {
+  link.addEventListener('click', (event) => {
+    event.preventDefault();
+    document.getElementById('reason').value = '';
+    document.getElementById('truth').value = link.dataset.truth;
+    document.getElementById('predicted').value = link.dataset.predicted;
+    apply();
+    document.getElementById('gallery-title').scrollIntoView();
+  });
+}
+const viewer = document.getElementById('viewer');
+for (const image of document.querySelectorAll('#gallery img')) {
+  image.addEventListener('click', (event) => {
+    event.preventDefault();
+    viewer.querySelector('img').src = image.getAttribute('src');
+    viewer.showModal();
+  });
+}
+viewer.addEventListener('click', () => viewer.close());
+apply();
+"""
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _options(values: list[str]) -> str:
+    return "".join(f'<option value="{escape(v)}">{escape(v)}</option>' for v in values)
+
+
+def _card(row: dict[str, str], run: Path, prefix: str = "") -> str:
+    index = int(row["index"])
+    panel = panel_path(index, row["sample_id"])
+    picture = (f'<a href="{escape(prefix + panel)}"><img src="{escape(prefix + panel)}" loading="lazy" '
+               f'alt="panel of sample {index}"></a>') if (run / panel).is_file() else "<p>(no panel)</p>"
+    wrong = row["label_name"] and row["label_name"] != row["predicted_name"]
+    confidence, loss = _number(row["confidence"]), _number(row["loss"])
+    return (
+        f'<div class="card" data-rank="{escape(row["rank"])}" data-reason="{escape(row["reasons"])}" '
+        f'data-truth="{escape(row["label_name"])}" data-predicted="{escape(row["predicted_name"])}" '
+        f'data-confidence="{escape(row["confidence"])}" data-loss="{escape(row["loss"])}">{picture}'
+        f'<div class="caption">#{index} {escape(row["sample_id"])}<br>'
+        f'true <span class="true">{escape(row["label_name"] or "unlabelled")}</span>, predicted '
+        f'<span class="{"wrong" if wrong else "true"}">{escape(row["predicted_name"])}</span> '
+        f'({confidence:.1%}{"" if loss is None else f", loss {loss:.2f}"})<br>'
+        f'<span class="reasons">{escape(row["reasons"].replace("|", ", "))}</span></div></div>'
+    )
+
+
+def _per_class(predictions: list[dict[str, str]], selected: list[dict[str, str]]) -> str:
+    totals: dict[str, list[float]] = defaultdict(list)
+    right: Counter[str] = Counter()
+    for row in predictions:
+        if row["label_name"]:
+            totals[row["label_name"]].append(float(row["confidence"]))
+            right[row["label_name"]] += row["correct"] == "1"
+    chosen = Counter(row["label_name"] for row in selected if row["label_name"])
+    lines = "".join(
+        f'<tr><td>{escape(name)}</td><td class="n">{len(values)}</td>'
+        f'<td class="n">{right[name] / len(values):.1%}</td><td class="n">{chosen[name]}</td>'
+        f'<td class="n">{sum(values) / len(values):.1%}</td></tr>'
+        for name, values in sorted(totals.items())
+    )
+    return ("<table><tr><th>true class</th><th>samples</th><th>accuracy</th><th>selected</th>"
+            f"<th>mean confidence</th></tr>{lines}</table>") if lines else "<p>No labelled samples.</p>"
+
+
+def _confusions(predictions: list[dict[str, str]]) -> str:
+    counts = Counter((row["label_name"], row["predicted_name"]) for row in predictions
+                     if row["label_name"] and row["correct"] == "0")
+    if not counts:
+        return "<p>No wrong predictions.</p>"
+    items = "".join(
+        f'<li><a class="confusion" href="#gallery" data-truth="{escape(truth)}" data-predicted="{escape(guess)}">'
+        f'{escape(truth)} &rarr; {escape(guess)}</a>: {count}</li>'
+        for (truth, guess), count in counts.most_common(TOP_CONFUSIONS)
+    )
+    return f"<ol>{items}</ol>"
+
+
+def _facts(summary: dict[str, Any]) -> str:
+    accuracy = summary.get("accuracy")
+    by_reason = summary.get("selection", {}).get("selected_by_reason", {})
+    facts = [
+        ("model", summary.get("model", {}).get("name", "?")),
+        ("dataset", summary.get("dataset", "?")),
+        ("techniques", ", ".join(summary.get("techniques", []))),
+        ("samples", str(summary.get("samples", "?"))),
+        ("accuracy", "n/a (unlabelled)" if accuracy is None else f"{accuracy:.1%}"),
+        ("selected", f"{summary.get('selection', {}).get('selected', 0)} ("
+                     + ", ".join(f"{name} {count}" for name, count in by_reason.items()) + ")"),
+        ("unreadable", str(summary.get("unreadable", 0))),
+        ("device", str(summary.get("device", "?"))),
+    ]
+    return " &middot; ".join(f"{escape(key)} <b>{escape(value)}</b>" for key, value in facts)
+
+
+def write_report(run: Path) -> Path:
+    """Build `report.html` in a run directory from its files; returns its path."""
+    summary_path = run / "summary.json"
+    if not summary_path.is_file():
+        raise UserError(f"no run directory at {run}: summary.json is missing")
+    summary = json.loads(summary_path.read_text())
+    predictions = read_csv(run / "predictions.csv")
+    selected = read_csv(run / "selected.csv")
+    reasons = list(summary.get("selection", {}).get("selected_by_reason", {}))
+    truths = sorted({row["label_name"] for row in selected if row["label_name"]})
+    guesses = sorted({row["predicted_name"] for row in selected})
+    cards = "".join(_card(row, run) for row in selected)
+    model, dataset = str(summary.get("model", {}).get("name", "?")), str(summary.get("dataset", "?"))
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>cnnvis report: {escape(run.name)}</title>
+<style>{STYLE}</style></head><body>
+<h1>Why the model fails: {escape(model)} on {escape(dataset)}</h1>
+<p class="facts">{_facts(summary)}</p>
+<h2>Most frequent confusions (true &rarr; predicted)</h2>{_confusions(predictions)}
+<h2 id="gallery-title">Selected samples (<span id="shown">{len(selected)}</span> shown of {len(selected)})</h2>
+<div class="controls">
+<label>reason<select id="reason"><option value="">any</option>{_options(reasons)}</select></label>
+<label>true class<select id="truth"><option value="">any</option>{_options(truths)}</select></label>
+<label>predicted<select id="predicted"><option value="">any</option>{_options(guesses)}</select></label>
+<label>sort by<select id="sort"><option value="rank:asc">selection order</option>
+<option value="confidence:asc">confidence, lowest first</option>
+<option value="confidence:desc">confidence, highest first</option>
+<option value="loss:desc">loss, highest first</option>
+<option value="loss:asc">loss, lowest first</option></select></label>
+</div>
+<div id="gallery">{cards}</div>
+<h2>Per class</h2>{_per_class(predictions, selected)}
+<dialog id="viewer"><img alt="full panel"></dialog>
+<script>{SCRIPT}</script>
+</body></html>
+"""
+    path = run / REPORT
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def sweep_jobs(folder: Path) -> list[Path]:
+    """The job directories of a sweep folder, in job order."""
+    jobs = [child for child in folder.iterdir() if child.is_dir() and (child / "summary.json").is_file()]
+    return sorted(jobs, key=lambda job: (not job.name.isdigit(), int(job.name) if job.name.isdigit() else 0, job.name))
+
+
+def _overrides(job: Path) -> str:
+    path = job / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return ""
+    return " ".join(line.removeprefix("- ").strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def write_sweep_report(folder: Path) -> Path:
+    """Build each job's report and one `report.html` in the sweep folder that compares the jobs."""
+    jobs = sweep_jobs(folder)
+    if not jobs:
+        raise UserError(f"no run directory at {folder}: neither summary.json nor job folders that hold one")
+    for job in jobs:
+        write_report(job)
+    summaries = [json.loads((job / "summary.json").read_text()) for job in jobs]
+    rows = "".join(
+        f'<tr><td><a href="{escape(job.name)}/{REPORT}">{escape(job.name)}</a></td><td>{escape(_overrides(job))}</td>'
+        f'<td>{escape(", ".join(summary.get("techniques", [])))}</td>'
+        f'<td class="n">{"n/a" if summary.get("accuracy") is None else format(summary["accuracy"], ".1%")}</td>'
+        f'<td class="n">{summary.get("selection", {}).get("selected", 0)}</td>'
+        f'<td class="n">{summary.get("seconds", {}).get("total", "")}</td></tr>'
+        for job, summary in zip(jobs, summaries, strict=True)
+    )
+    selected = [{row["index"]: row for row in read_csv(job / "selected.csv")} for job in jobs]
+    shared = [index for index in selected[0] if all(index in chosen for chosen in selected[1:])]
+    header = "".join(f"<th>job {escape(job.name)}: {escape(_overrides(job))}</th>" for job in jobs)
+    lines = []
+    for index in shared:
+        row = selected[0][index]
+        cells = "".join(
+            f'<td><a href="{escape(job.name)}/{escape(panel_path(int(index), row["sample_id"]))}">'
+            f'<img src="{escape(job.name)}/{escape(panel_path(int(index), row["sample_id"]))}" loading="lazy" '
+            f'alt="job {escape(job.name)}, sample {escape(index)}"></a></td>'
+            for job in jobs
+        )
+        lines.append(f'<tr><td>#{escape(index)} {escape(row["sample_id"])}<br>true '
+                     f'<span class="true">{escape(row["label_name"] or "unlabelled")}</span><br>predicted '
+                     f'{escape(row["predicted_name"])}</td>{cells}</tr>')
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>cnnvis sweep: {escape(folder.name)}</title>
+<style>{STYLE} td img {{ width: 420px; height: auto; }}</style></head><body>
+<h1>Sweep {escape(str(folder))}: {len(jobs)} jobs</h1>
+<table><tr><th>job</th><th>overrides</th><th>techniques</th><th>accuracy</th><th>selected</th><th>seconds</th></tr>
+{rows}</table>
+<h2>The samples every job selected ({len(shared)}), side by side</h2>
+<table><tr><th>sample</th>{header}</tr>{"".join(lines)}</table>
+</body></html>
+"""
+    path = folder / REPORT
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def build_report(path: Path) -> Path:
+    """`cnnvis report PATH`: a run directory's report, or a sweep's comparison page."""
+    if not path.is_dir():
+        raise UserError(f"no such folder: {path}")
+    return write_report(path) if (path / "summary.json").is_file() else write_sweep_report(path)

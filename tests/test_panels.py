@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cnnvis_cli.panels import (
+    TRUE_COLOUR,
+    PanelContent,
+    Tile,
+    bar_chart,
+    fit_text,
+    render_panel,
+    text_width,
+    to_original,
+    zoom_box,
+)
+from cnnvis_cli.render import colormap_lut
+
+
+def test_zoom_box_holds_the_blob_around_the_peak_padded() -> None:
+    heat = np.zeros((64, 64), dtype=np.float32)
+    heat[10:20, 40:56] = 1.0  # the peak's region
+    heat[50:54, 2:6] = 0.9  # another region above the threshold, apart from the peak's
+    x0, y0, x1, y1 = zoom_box(heat)
+    assert x0 <= 40 and y0 <= 10 and x1 >= 56 and y1 >= 20  # the blob, whole
+    assert x0 > 6 and y1 < 50  # not the other region
+    assert zoom_box(np.zeros((8, 8), dtype=np.float32)) is None
+
+
+def test_zoom_box_finds_where_a_speckled_map_is_dense() -> None:
+    rng = np.random.default_rng(0)
+    heat = (rng.random((96, 96)) > 0.995).astype(np.float32) * 0.6  # sparse speckle everywhere
+    heat[60:80, 10:30] = (rng.random((20, 20)) > 0.5) * 1.0  # dense speckle in one place
+    x0, y0, x1, y1 = zoom_box(heat)
+    assert x0 <= 10 < 30 <= x1 and y0 <= 60 < 80 <= y1 and (x1 - x0) < 48 and (y1 - y0) < 48
+
+
+def test_a_box_in_model_pixels_maps_back_to_the_original() -> None:
+    # 400 x 300 original: resized to 341 x 256, centre crop 224 starts at (58, 16)
+    assert to_original((0, 0, 224, 224), (400, 300), 256, 224) == (68, 18, 331, 282)
+    assert to_original((10, 20, 30, 40), (96, 96), 96, 96) == (10, 20, 30, 40)  # the demo: no resize, no crop
+
+
+def test_long_names_are_shortened_to_fit() -> None:
+    name = "a class name far too long to fit in a narrow column of the chart"
+    short = fit_text(name, 120, 0.42)
+    assert short.endswith("...") and text_width(short, 0.42) <= 120 and fit_text("oak", 120, 0.42) == "oak"
+
+
+def test_bar_chart_highlights_the_true_class_and_stays_readable_with_30_guesses() -> None:
+    guesses = [(f"class {i}", 1 / (i + 2), i == 3) for i in range(30)]
+    chart = bar_chart(guesses, 320, predicted_correct=False)
+    assert chart.shape[0] >= 30 * 14 and chart.shape[1] == 320
+    assert (chart == np.array(TRUE_COLOUR, dtype=np.uint8)).all(axis=2).sum() > 50  # the green bar and name
+    assert bar_chart(guesses[:10], 320, False).shape[0] < chart.shape[0]
+
+
+def test_panel_grows_with_techniques_and_targets() -> None:
+    overlay = np.full((32, 32, 3), 128, dtype=np.uint8)
+    lut = colormap_lut("jet", torch.device("cpu")).numpy()
+
+    def panel(techniques: list[str], targets: list[str], zoom: bool) -> np.ndarray:
+        tiles = [Tile(t, role, "oak", 1, 0.5, overlay, (2, 2, 20, 20), overlay, role == "true")
+                 for t in techniques for role in targets]
+        content = PanelContent("title", overlay, tiles, [("oak", 0.5, True)], [("heat", lut, "low", "high")])
+        return render_panel(content, 128, zoom)
+
+    one = panel(["gradcam"], ["pred"], zoom=True)
+    assert one.dtype == np.uint8 and one.ndim == 3
+    assert panel(["gradcam"], ["pred", "true"], zoom=True).shape[1] > one.shape[1]
+    assert panel(["gradcam", "scorecam", "lrp"], ["pred"], zoom=True).shape[0] > one.shape[0]
+    assert panel(["gradcam"], ["pred"], zoom=False).shape[1] < one.shape[1]

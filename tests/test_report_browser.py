@@ -1,0 +1,80 @@
+"""The demo run's report in a real browser: headless Chromium (the system's, not a downloaded one) driven by
+Playwright. `.ci/run` installs Chromium when it is missing; elsewhere the test is skipped without one."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from helpers import run_config
+
+from cnnvis_cli.pipeline import run
+
+CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome")
+                 if (path := shutil.which(name))), None)
+
+LOAD_EVERY_IMAGE = """async () => Promise.all(Array.from(document.querySelectorAll('#gallery img')).map(
+  (shown) => new Promise((done) => {
+  const image = new Image();
+  image.onload = () => done(image.naturalWidth);
+  image.onerror = () => done(0);
+  image.src = shown.src;
+})))"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing; .ci/run installs it")
+        pytest.skip("no Chromium here (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def test_demo_report_in_chromium(browser, tmp_path: Path) -> None:
+    result = run(run_config("dataset.limit=200", "technique=[gradcam,integrated_gradients]",
+                            "technique.integrated_gradients.steps=8"), tmp_path / "run")
+    with (tmp_path / "run" / "selected.csv").open(newline="") as file:
+        selected = list(csv.DictReader(file))
+    assert len(selected) == result.summary["selection"]["selected"] > 5
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto((tmp_path / "run" / "report.html").as_uri())
+    assert page.locator("#gallery .card").count() == len(selected)  # one card per selected sample
+
+    widths = page.evaluate(LOAD_EVERY_IMAGE)
+    assert len(widths) == len(selected) and all(width > 0 for width in widths)  # every image loads
+
+    truth = Counter(row["label_name"] for row in selected).most_common(1)[0][0]
+    page.select_option("#truth", truth)
+    shown = page.locator("#gallery .card:visible")
+    assert shown.count() == sum(row["label_name"] == truth for row in selected)
+    assert all(card.get_attribute("data-truth") == truth for card in shown.all())
+    assert page.locator("#shown").inner_text() == str(shown.count())
+
+    page.select_option("#truth", "")
+    page.select_option("#sort", "loss:desc")
+    losses = [float(card.get_attribute("data-loss")) for card in page.locator("#gallery .card").all()]
+    assert losses == sorted(losses, reverse=True)
+
+    page.locator("a.confusion").first.click()  # a confusion link filters the gallery to its pairs
+    link = page.locator("a.confusion").first
+    pair = (link.get_attribute("data-truth"), link.get_attribute("data-predicted"))
+    shown = page.locator("#gallery .card:visible").all()
+    assert shown and all((card.get_attribute("data-truth"), card.get_attribute("data-predicted")) == pair
+                         for card in shown)
+
+    page.locator("#gallery .card:visible img").first.click()  # the full panel opens over the page
+    assert page.locator("#viewer").is_visible()
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
+    assert (tmp_path / "report.png").stat().st_size > 10_000 and errors == []
