@@ -146,8 +146,10 @@ def _panel_content(case: Case, index: int, rows: list[tuple[int, Target]], posit
                               int((scores > scores[target.class_index]).sum()) + 1,
                               float(scores[target.class_index]), pictures[row], box, zoom,
                               is_true=target.class_index == label))
-    order = np.argsort(-scores, kind="stable")[:options.topn]
-    top = [(class_names[c], float(scores[c]), int(c) == label) for c in order]
+    order = np.argsort(-scores, kind="stable")
+    top = [(class_names[c], float(scores[c]), int(c) == label, rank) for rank, c in enumerate(order[:options.topn], 1)]
+    if label != UNLABELLED and label not in order[:options.topn]:  # the true class, with its rank, last
+        top.append((class_names[label], float(scores[label]), True, int(np.flatnonzero(order == label)[0]) + 1))
     true_name = class_name(class_names, label, "unlabelled")
     predicted = int(predictions.predicted[case.row])
     title = (f"#{index}  {predictions.sample_ids[case.row]}   true: {true_name}   predicted: "

@@ -41,8 +41,13 @@ class PanelContent:
     title: str  # sample, true and predicted class, reasons
     image: np.ndarray  # the input as the model saw it, RGB uint8
     tiles: list[Tile]  # technique by technique, target by target
-    top: list[tuple[str, float, bool]]  # the model's top guesses: class name, probability, is the true class
+    top: list[tuple[str, float, bool, int]]  # the model's top guesses: name, probability, is the true class, rank
     colour_bars: list[tuple[str, np.ndarray, str, str]]  # caption, 256 x 3 RGB lookup table, low and high labels
+
+
+def percent(probability: float) -> str:
+    """A probability as a percentage, with the smallest ones shown as below 0.1%, not as 0.0%."""
+    return f"{probability:.1%}" if probability >= 0.0005 or probability == 0 else "<0.1%"
 
 
 def text_width(text: str, scale: float) -> int:
@@ -78,24 +83,29 @@ def fit_image(image: np.ndarray, size: int) -> np.ndarray:
     return square
 
 
-def bar_chart(top: list[tuple[str, float, bool]], width: int, predicted_correct: bool) -> np.ndarray:
-    """The model's top guesses as horizontal bars with their probabilities; the true class in green."""
-    row = 18 if len(top) <= 15 else 14
-    scale = 0.42 if len(top) <= 15 else 0.36
+def bar_chart(top: list[tuple[str, float, bool, int]], width: int, predicted_correct: bool) -> np.ndarray:
+    """The model's top guesses (name, probability, is the true class, rank) as horizontal bars scaled to the
+    largest, with their probabilities; the true class in green (listed last, with its rank, when it is not
+    among them), a wrong top guess in red."""
+    row = 18 if len(top) <= 16 else 14
+    scale = 0.42 if len(top) <= 16 else 0.36
     title_height = 22
     chart = np.full((title_height + row * len(top) + MARGIN, width, 3), BACKGROUND, dtype=np.uint8)
-    put_text(chart, f"top {len(top)} guesses", 0, 15, 0.45, TEXT)
+    guesses = sum(rank == position + 1 for position, (_, _, _, rank) in enumerate(top))
+    put_text(chart, f"top {guesses} guesses", 0, 15, 0.45, TEXT)
     name_width, value_width = int(width * 0.45), 46
     bar_space = width - name_width - value_width - 8
-    for position, (name, probability, is_true) in enumerate(top):
+    largest = max((probability for _, probability, _, _ in top), default=0.0) or 1.0
+    for position, (name, probability, is_true, rank) in enumerate(top):
         top_y = title_height + position * row
-        colour = TRUE_COLOUR if is_true else (PREDICTED_COLOUR if position == 0 and not predicted_correct
+        colour = TRUE_COLOUR if is_true else (PREDICTED_COLOUR if rank == 1 and not predicted_correct
                                               else BAR_COLOUR)
-        put_text(chart, name, 0, top_y + row - 5, scale, TRUE_COLOUR if is_true else TEXT, width=name_width - 4,
+        label = name if rank == position + 1 else f"#{rank} {name}"
+        put_text(chart, label, 0, top_y + row - 5, scale, TRUE_COLOUR if is_true else TEXT, width=name_width - 4,
                  thickness=2 if is_true else 1)
-        length = max(1, round(bar_space * probability))
+        length = max(1, round(bar_space * probability / largest))
         cv2.rectangle(chart, (name_width, top_y + 3), (name_width + length, top_y + row - 3), colour, -1)
-        put_text(chart, f"{probability:.1%}", name_width + bar_space + 4, top_y + row - 5, scale, MUTED)
+        put_text(chart, percent(probability), name_width + bar_space + 4, top_y + row - 5, scale, MUTED)
     return chart
 
 
@@ -123,7 +133,7 @@ def tile_picture(tile: Tile, size: int) -> np.ndarray:
         cv2.rectangle(overlay, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), ZOOM_BOX, 2)
     picture[title_height:] = overlay
     put_text(picture, f"{tile.technique}  {tile.role}", 0, 14, 0.45, MUTED, width=size)
-    put_text(picture, f"{tile.class_name}  #{tile.rank}  {tile.probability:.1%}", 0, 31, 0.45,
+    put_text(picture, f"{tile.class_name}  #{tile.rank}  {percent(tile.probability)}", 0, 31, 0.45,
              TRUE_COLOUR if tile.is_true else TEXT, width=size, thickness=2 if tile.is_true else 1)
     return picture
 

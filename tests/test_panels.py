@@ -9,6 +9,7 @@ from cnnvis_cli.panels import (
     Tile,
     bar_chart,
     fit_text,
+    percent,
     render_panel,
     text_width,
     to_original,
@@ -48,7 +49,7 @@ def test_long_names_are_shortened_to_fit() -> None:
 
 
 def test_bar_chart_highlights_the_true_class_and_stays_readable_with_30_guesses() -> None:
-    guesses = [(f"class {i}", 1 / (i + 2), i == 3) for i in range(30)]
+    guesses = [(f"class {i}", 1 / (i + 2), i == 3, i + 1) for i in range(30)]
     chart = bar_chart(guesses, 320, predicted_correct=False)
     assert chart.shape[0] >= 30 * 14 and chart.shape[1] == 320
     assert (chart == np.array(TRUE_COLOUR, dtype=np.uint8)).all(axis=2).sum() > 50  # the green bar and name
@@ -62,7 +63,7 @@ def test_panel_grows_with_techniques_and_targets() -> None:
     def panel(techniques: list[str], targets: list[str], zoom: bool) -> np.ndarray:
         tiles = [Tile(t, role, "oak", 1, 0.5, overlay, (2, 2, 20, 20), overlay, role == "true")
                  for t in techniques for role in targets]
-        content = PanelContent("title", overlay, tiles, [("oak", 0.5, True)], [("heat", lut, "low", "high")])
+        content = PanelContent("title", overlay, tiles, [("oak", 0.5, True, 1)], [("heat", lut, "low", "high")])
         return render_panel(content, 128, zoom)
 
     one = panel(["gradcam"], ["pred"], zoom=True)
@@ -70,3 +71,15 @@ def test_panel_grows_with_techniques_and_targets() -> None:
     assert panel(["gradcam"], ["pred", "true"], zoom=True).shape[1] > one.shape[1]
     assert panel(["gradcam", "scorecam", "lrp"], ["pred"], zoom=True).shape[0] > one.shape[0]
     assert panel(["gradcam"], ["pred"], zoom=False).shape[1] < one.shape[1]
+
+
+def test_a_true_class_outside_the_top_guesses_is_listed_last_with_its_rank() -> None:
+    guesses = [("elm", 0.5, False, 1), ("ash", 0.3, False, 2), ("oak", 0.001, True, 577)]
+    chart = bar_chart(guesses, 320, predicted_correct=False)
+    bar_rows = chart[22:]  # below the title
+    green_rows = np.flatnonzero((bar_rows == np.array(TRUE_COLOUR, dtype=np.uint8)).all(axis=2).any(axis=1))
+    assert green_rows.min() >= 2 * 18  # the true class's row is the third, after the two guesses
+
+
+def test_percentages_never_round_a_real_chance_to_zero() -> None:
+    assert (percent(0.8312), percent(0.0004), percent(0.0)) == ("83.1%", "<0.1%", "0.0%")
