@@ -109,7 +109,8 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                         record.maps.append(map_path)
             if options.panels:
                 with torch.inference_mode():
-                    probabilities = techniques[0].model(model_input).float().softmax(dim=1).cpu().numpy()
+                    model = techniques[0].model  # every technique explains the same model
+                    probabilities = model(model_input).float().softmax(dim=1).cpu().numpy()
                 for position, case in enumerate(batch_cases):
                     record = explained[case.row]
                     record.panel = panel_path(batch.indices[position], predictions.sample_ids[case.row])
