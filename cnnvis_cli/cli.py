@@ -77,8 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise unknown_name("command", command, ("run", "list", "report", "demo"), "cnnvis --help")
     except UserError as error:
         return fail(error)
-    except KeyboardInterrupt:
-        print("cnnvis: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interruption:
+        run_dir = getattr(interruption, "run_dir", None)
+        hint = f"; finish it with: cnnvis run resume={run_dir}" if run_dir else ""
+        print(f"cnnvis: interrupted{hint}", file=sys.stderr)
         return 130
 
 
@@ -100,8 +102,29 @@ def _report_command(argv: list[str]) -> int:
 # --- run ------------------------------------------------------------------------------------------
 
 
+def resume_overrides(argv: list[str]) -> list[str]:
+    """`resume=RUN_DIR` becomes the run's own overrides (from RUN_DIR/.hydra/overrides.yaml), continued in
+    RUN_DIR itself; any other argument is unchanged."""
+    given = [arg for arg in argv if arg.startswith("resume=")]
+    if not given:
+        return argv
+    folder = Path(given[-1].removeprefix("resume=")).expanduser().resolve()
+    saved = folder / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise UserError(f"cannot resume {folder}: it is not a cnnvis run directory (no .hydra/overrides.yaml)")
+    others = [arg for arg in argv if not arg.startswith("resume=")]
+    if others:
+        raise UserError(f"resume= continues a run with its own config; drop the other arguments: {' '.join(others)}")
+    import yaml
+
+    original = [item for item in yaml.safe_load(saved.read_text()) or [] if not item.startswith("resume=")]
+    return [*original, f"resume={folder}", f"hydra.run.dir={folder}"]
+
+
+
 def _run(argv: list[str]) -> int:
     register_schema()
+    argv = resume_overrides(argv)
     check_overrides(argv)
     app = _hydra_app()
     saved_argv = sys.argv

@@ -156,6 +156,8 @@ class RunConfig:
     topk: int = 5  # top-k classes written per sample in predictions.csv
     targets: list[str] = field(default_factory=lambda: ["pred", "true"])
     report: bool = True  # write report.html into the run directory
+    strict: bool = False  # stop at the first unreadable image instead of skipping and recording it
+    resume: str | None = None  # a run directory to finish: its predictions and written files are reused
     explain_batch_size: int = 16  # images per batch in the explanation stage
     save_maps: bool = False
     stdout: str = "path"  # path: print the run directory; jsonl: one JSON object per selected sample

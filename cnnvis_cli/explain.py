@@ -96,15 +96,12 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                 drawn.append((technique, pictures, explanation.maps.cpu().numpy() if options.panels else None))
                 for row, (position, target) in enumerate(rows):
                     case = batch_cases[position]
-                    name = heatmap_name(batch.indices[position], predictions.sample_ids[case.row],
-                                        class_name(class_names, int(predictions.labels[case.row]), "unknown"),
-                                        class_names[target.class_index])
+                    path, map_path = output_paths(technique.name, batch.indices[position], case, target,
+                                                  predictions, class_names)
                     record = explained[case.row]
-                    path = f"heatmaps/{technique.name}/{name}.png"
                     run_dir.write_bytes(path, encode_png(pictures[row]))
                     record.overlays.append(path)
                     if raw is not None:
-                        map_path = f"maps/{technique.name}/{name}.npy"
                         run_dir.write_bytes(map_path, _npy_bytes(raw[row]))
                         record.maps.append(map_path)
             if options.panels:
@@ -173,6 +170,36 @@ def _original(source: Source | None, index: int) -> np.ndarray | None:
         return np.asarray(source.load(index).image.convert("RGB"))
     except (OSError, ValueError):
         return None
+
+
+def output_paths(technique: str, index: int, case: Case, target: Target, predictions: Predictions,
+                 class_names: list[str]) -> tuple[str, str]:
+    """Where one (sample, target) overlay and raw map of a technique go, relative to the run directory."""
+    name = heatmap_name(index, predictions.sample_ids[case.row],
+                        class_name(class_names, int(predictions.labels[case.row]), "unknown"),
+                        class_names[target.class_index])
+    return f"heatmaps/{technique}/{name}.png", f"maps/{technique}/{name}.npy"
+
+
+def already_written(cases: list[Case], predictions: Predictions, technique_names: list[str],
+                    parsed_targets: list[str | int], class_names: list[str], run_dir: RunDir,
+                    options: RenderOptions) -> dict[int, Explained]:
+    """The cases whose every file (overlays, raw maps, panel, as the options ask) is already in the run
+    directory, by row: a resumed run skips them. Files are written atomically, so one that exists is whole."""
+    done = {}
+    for case in cases:
+        index = int(predictions.indices[case.row])
+        record = Explained(case, panel=panel_path(index, predictions.sample_ids[case.row]) if options.panels else None)
+        for technique in technique_names:
+            for target in _targets(case, predictions, parsed_targets):
+                path, map_path = output_paths(technique, index, case, target, predictions, class_names)
+                record.overlays.append(path)
+                if options.save_maps:
+                    record.maps.append(map_path)
+        files = [*record.overlays, *record.maps, *([record.panel] if record.panel else [])]
+        if all((run_dir.root / file).is_file() for file in files):
+            done[case.row] = record
+    return done
 
 
 def _targets(case: Case, predictions: Predictions, parsed_targets: list[str | int]) -> list[Target]:

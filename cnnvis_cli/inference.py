@@ -6,6 +6,7 @@ grows with the number of samples by a few dozen bytes each, never by their image
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from torch import nn
 
 from cnnvis_cli.data import UNLABELLED, BadSample, Batch
 from cnnvis_cli.device import autocast
+from cnnvis_cli.errors import UserError
 from cnnvis_cli.models import Preprocess
 from cnnvis_cli.progress import progress_bar
 from cnnvis_cli.run_dir import CsvStream
@@ -58,6 +60,25 @@ def class_name(class_names: list[str], index: int, missing: str = "") -> str:
     return class_names[index] if 0 <= index < len(class_names) else missing
 
 
+ARRAYS = ("indices", "labels", "predicted", "confidence", "margin", "entropy", "loss", "topk_classes", "topk_probs")
+
+
+def predictions_bytes(predictions: Predictions) -> bytes:
+    """`Predictions` at full precision as .npz bytes: what `cnnvis run resume=...` reuses."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: getattr(predictions, name) for name in ARRAYS},
+             sample_ids=np.array(predictions.sample_ids, dtype=str),
+             bad=np.array([(str(b.index), b.sample_id, b.reason) for b in predictions.bad], dtype=str).reshape(-1, 3))
+    return buffer.getvalue()
+
+
+def predictions_from_bytes(data: bytes) -> Predictions:
+    with np.load(io.BytesIO(data)) as stored:
+        bad = [BadSample(int(index), sample_id, reason) for index, sample_id, reason in stored["bad"]]
+        return Predictions(**{name: stored[name] for name in ARRAYS}, sample_ids=[str(i) for i in stored["sample_ids"]],
+                           bad=bad)
+
+
 def prediction_header(topk: int, extra_columns: Iterable[str]) -> list[str]:
     return [
         "index", "sample_id", "label", "label_name", "predicted", "predicted_name", "correct",
@@ -69,10 +90,11 @@ def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, 
             class_names: list[str], topk: int, csv: CsvStream, keep_k: int | None = None,
             extra_columns: tuple[str, ...] = (),
             amp: bool = False, total: int | None = None, show_progress: bool = True,
-            sample_id=str) -> Predictions:
+            sample_id=str, strict: bool = False) -> Predictions:
     """Classify every batch; write one CSV row per sample as each batch finishes.
 
-    The CSV lists the top `topk` classes; `Predictions` keeps the top `keep_k` (at least `topk`).
+    The CSV lists the top `topk` classes; `Predictions` keeps the top `keep_k` (at least `topk`). Unreadable
+    samples are collected in `Predictions.bad`, or stop the run with `strict`.
     """
     k = min(max(topk, keep_k or topk), len(class_names))
     parts: dict[str, list] = {key: [] for key in (
@@ -82,6 +104,9 @@ def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, 
     with progress_bar(show_progress) as bar, torch.inference_mode():
         task = bar.add_task("inference", total=total, unit="images")
         for batch in batches:
+            if strict and batch.bad:
+                first = batch.bad[0]
+                raise UserError(f"unreadable image {first.sample_id} ({first.reason}); strict=true stops here")
             bad += batch.bad
             if batch.indices:
                 images = batch.images.to(device, non_blocking=True)

@@ -30,8 +30,15 @@ from cnnvis_cli.data import (
 )
 from cnnvis_cli.device import resolve_device
 from cnnvis_cli.errors import UserError
-from cnnvis_cli.explain import Explained, RenderOptions, explain_cases
-from cnnvis_cli.inference import Predictions, class_name, predict, prediction_header
+from cnnvis_cli.explain import Explained, RenderOptions, already_written, explain_cases
+from cnnvis_cli.inference import (
+    Predictions,
+    class_name,
+    predict,
+    prediction_header,
+    predictions_bytes,
+    predictions_from_bytes,
+)
 from cnnvis_cli.models import LoadedModel, load_model, resolve_target_layer
 from cnnvis_cli.report import write_report
 from cnnvis_cli.run_dir import RunDir
@@ -40,6 +47,7 @@ from cnnvis_cli.targets import deepest_top, parse_targets
 from cnnvis_cli.techniques import NORMALISATION, Technique, TechniqueContext, build_technique
 
 log = logging.getLogger("cnnvis")
+PREDICTIONS_NPZ = "predictions.npz"  # the predictions at full precision, for resuming
 
 
 @dataclass
@@ -49,21 +57,49 @@ class RunResult:
     records: list[dict[str, Any]] = field(default_factory=list)  # one per selected sample, for JSON lines
 
 
-def run(cfg: RunConfig, output_dir: Path) -> RunResult:
-    """Run every stage of `cfg` into `output_dir`."""
-    started = datetime.now(UTC)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, after its summary.json has recorded where."""
 
-    def lap(stage: str) -> None:
-        nonlocal clock
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+class Stages:
+    """Which stage a run is in, and how long each finished stage took."""
+
+    def __init__(self) -> None:
+        self.started = datetime.now(UTC)
+        self.current = "setup"
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def finish(self, next_stage: str) -> None:
         now = time.perf_counter()
-        seconds[stage] = round(now - clock, 3)
-        clock = now
+        self.seconds[self.current] = round(now - self._clock, 3)
+        self.current, self._clock = next_stage, now
 
+
+def run(cfg: RunConfig, output_dir: Path) -> RunResult:
+    """Run every stage of `cfg` into `output_dir`. On Ctrl-C, `summary.json` says where the run stopped and
+    how to resume it; with `cfg.resume`, finished work found in `output_dir` is reused."""
+    run_dir = RunDir(output_dir)
+    stages = Stages()
+    try:
+        return _run(cfg, run_dir, stages)
+    except KeyboardInterrupt:
+        run_dir.write_json("summary.json", {
+            "status": "interrupted", "interrupted_in": stages.current,
+            "started": stages.started.isoformat(timespec="seconds"),
+            "interrupted": datetime.now(UTC).isoformat(timespec="seconds"),
+            "seconds": stages.seconds, "resume": f"cnnvis run resume={run_dir.root}",
+        })
+        raise Interrupted(run_dir.root) from None
+
+
+def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
-    run_dir = RunDir(output_dir)
     device = resolve_device(cfg.device)
     source = open_source(cfg.dataset)
     loaded = load_model(cfg.model)
@@ -82,42 +118,58 @@ def run(cfg: RunConfig, output_dir: Path) -> RunResult:
     techniques = _techniques(cfg, loaded, layers, device)
     log.info("model %s (%d classes, target layer %s) on %s; %d test samples from %s",
              loaded.name, loaded.num_classes, ", ".join(layers), device, len(indices), cfg.dataset.name)
-    lap("setup")
+    stages.finish("inference")
 
     def loader(selected: list[int], batch_size: int):
         test_set = SampleSet(source, loaded.preprocess, selected, label_map)
         return make_loader(test_set, batch_size, cfg.dataset.num_workers, pin_memory=device.type == "cuda")
 
-    keep_k = max(cfg.topk, cfg.selection.topk, deepest_top(parsed_targets))
-    with run_dir.csv_stream("predictions.csv", prediction_header(cfg.topk, source.extra_columns)) as csv:
-        predictions = predict(
-            loaded.module, loader(indices, cfg.dataset.batch_size), loaded.preprocess, device,
-            class_names=class_names, topk=cfg.topk, keep_k=keep_k, csv=csv, extra_columns=source.extra_columns,
-            amp=cfg.amp, total=len(indices), show_progress=cfg.progress, sample_id=source.sample_id,
-        )
-    _write_errors(run_dir, predictions)
-    lap("inference")
+    stored = run_dir.root / PREDICTIONS_NPZ
+    if cfg.resume and stored.is_file() and (run_dir.root / "predictions.csv").is_file():
+        predictions = predictions_from_bytes(stored.read_bytes())
+        log.info("resuming: reusing the %d predictions of %s", len(predictions), run_dir.root)
+    else:
+        keep_k = max(cfg.topk, cfg.selection.topk, deepest_top(parsed_targets))
+        with run_dir.csv_stream("predictions.csv", prediction_header(cfg.topk, source.extra_columns)) as csv:
+            predictions = predict(
+                loaded.module, loader(indices, cfg.dataset.batch_size), loaded.preprocess, device,
+                class_names=class_names, topk=cfg.topk, keep_k=keep_k, csv=csv, extra_columns=source.extra_columns,
+                amp=cfg.amp, total=len(indices), show_progress=cfg.progress, sample_id=source.sample_id,
+                strict=cfg.strict,
+            )
+        _write_errors(run_dir, predictions)
+        run_dir.write_bytes(PREDICTIONS_NPZ, predictions_bytes(predictions))
+    stages.finish("selection")
 
     selection = select(predictions, cfg.selection)
     _write_selected(run_dir, predictions, selection, class_names)
-    lap("selection")
+    stages.finish("explanation")
 
-    selected_indices = [int(predictions.indices[case.row]) for case in selection.cases]
-    explained = explain_cases(
-        loader(selected_indices, cfg.explain_batch_size), selection.cases, predictions, techniques,
-        parsed_targets, class_names, loaded.preprocess, device, run_dir,
-        RenderOptions(cfg.render.colormap, cfg.render.alpha, cfg.save_maps, cfg.render.panels, cfg.render.zoom,
-                      cfg.render.zoom_threshold, cfg.render.topn, cfg.render.panel_size),
+    options = RenderOptions(cfg.render.colormap, cfg.render.alpha, cfg.save_maps, cfg.render.panels, cfg.render.zoom,
+                            cfg.render.zoom_threshold, cfg.render.topn, cfg.render.panel_size)
+    done = already_written(selection.cases, predictions, [t.name for t in techniques], parsed_targets, class_names,
+                           run_dir, options) if cfg.resume else {}
+    if done:
+        log.info("resuming: %d of %d selected samples already explained", len(done), len(selection.cases))
+    todo = [case for case in selection.cases if case.row not in done]
+    fresh = explain_cases(
+        loader([int(predictions.indices[case.row]) for case in todo], cfg.explain_batch_size), todo, predictions,
+        techniques, parsed_targets, class_names, loaded.preprocess, device, run_dir, options,
         source=source, show_progress=cfg.progress,
-    ) if selection.cases else []
-    lap("explanation")
+    ) if todo else []
+    by_row = {**done, **{item.case.row: item for item in fresh}}
+    explained = [by_row[case.row] for case in selection.cases]
+    stages.finish("report")
 
-    seconds["total"] = round(sum(seconds.values()), 3)
-    summary = _summary(cfg, loaded, layers, techniques, device, predictions, selection, explained, seconds, started)
+    summary = _summary(cfg, loaded, layers, techniques, device, predictions, selection, explained, stages.seconds,
+                       stages.started)
     summary["dataset_classes_not_in_model"] = unmatched  # their samples counted as unlabelled
-    run_dir.write_json("summary.json", summary)
     if cfg.report:
+        run_dir.write_json("summary.json", summary)
         write_report(run_dir.root)
+    stages.finish("done")
+    summary["seconds"] = {**stages.seconds, "total": round(sum(stages.seconds.values()), 3)}
+    run_dir.write_json("summary.json", summary)
     records = [_record(item, predictions, class_names, source, run_dir.root) for item in explained]
     return RunResult(run_dir.root, summary, records)
 
