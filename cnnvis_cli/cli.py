@@ -8,8 +8,10 @@ work. Standard output carries only what a shell script needs: the run directory 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,7 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def fail(error: UserError) -> int:
-    """Print a user's mistake as one line on standard error; exit code 2."""
+    """Print a user's mistake as one line on standard error (after its traceback, with Hydra's usual
+    HYDRA_FULL_ERROR=1); exit code 2."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        traceback.print_exception(error)
     print(f"cnnvis: error: {error}", file=sys.stderr)
     return 2
 

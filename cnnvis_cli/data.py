@@ -73,6 +73,10 @@ class Source:
         return len(self.class_names) - 1 if self.class_names else None
 
 
+# what decoding a broken file raises: corrupt data, an unknown format, or a header that asks for too much memory
+UNREADABLE = (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError)
+
+
 def require_folder(root: str | Path) -> Path:
     """`dataset.root` as a path, which must be a folder."""
     path = Path(root).expanduser()
@@ -98,6 +102,8 @@ def open_image(path: Path) -> Image.Image:
             pixels = np.asarray(image, dtype=np.float32)
             scale = 257.0 if pixels.max(initial=0) > 255 else 1.0
             image = Image.fromarray(np.clip(pixels / scale, 0, 255).astype(np.uint8))
+        if image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")  # what PIL asks for palettes with transparency
         return image.convert("RGB")
 
 
@@ -355,7 +361,7 @@ class SampleSet(Dataset):
         try:
             sample = self.source.load(index)
             image = self.geometry(sample.image)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        except UNREADABLE as error:
             reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
             return BadSample(index, self.source.sample_id(index), reason)
         label = sample.label

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnvis_cli.data import UNLABELLED, Batch, Source
+from cnnvis_cli.data import UNLABELLED, UNREADABLE, Batch, Source
 from cnnvis_cli.inference import Predictions, class_name, normalise
 from cnnvis_cli.models import Preprocess
 from cnnvis_cli.panels import PanelContent, Tile, render_panel, to_original, zoom_box
@@ -168,7 +168,7 @@ def _original(source: Source | None, index: int) -> np.ndarray | None:
         return None
     try:
         return np.asarray(source.load(index).image.convert("RGB"))
-    except (OSError, ValueError):
+    except UNREADABLE:
         return None
 
 

@@ -128,3 +128,40 @@ def test_files_dataset_from_standard_input(tmp_path: Path) -> None:
                     f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, stdin=listing)
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "r" / "heatmaps" / "gradcam").glob("*.png"))) == 2
+
+
+def write_mismatched_checkpoint(folder: Path) -> Path:
+    import torch
+
+    path = folder / "wrong.pt"
+    torch.save({"conv.weight": torch.zeros(2, 2), "fc.bias": torch.zeros(3)}, path)
+    return path
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["dataset=imagenett"], "unknown dataset 'imagenett'; did you mean imagenette"),
+    (["selection=wrongs"], "unknown selection 'wrongs'"),
+    (["dataset=imagefolder", "dataset.root=EMPTY"], "no images"),
+    (["model=resnet18", "model.weights=null", "technique.layers=[layer9]"],
+     "unknown target layer 'layer9'; did you mean"),
+    (["model=resnet18", "model.checkpoint=CHECKPOINT"], "does not fit the architecture"),
+    (["device=cuda"], "device=cuda but CUDA is not available here; use device=auto or device=cpu"),
+    (["targets=[pred,dishwasher]"], "unknown target 'dishwasher'"),
+])
+def test_setup_mistakes_are_one_line_before_any_inference(args: list[str], message: str, tmp_path: Path) -> None:
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    checkpoint = write_mismatched_checkpoint(tmp_path)
+    args = [arg.replace("EMPTY", str(tmp_path / "empty")).replace("CHECKPOINT", str(checkpoint)) for arg in args]
+    result = cnnvis("run", *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if "][WARNING]" not in line]
+    assert len(lines) == 1 and lines[0].startswith("cnnvis: error: ") and message in lines[0]
+    assert not list(tmp_path.rglob("predictions.csv*"))  # stopped before inference
+
+
+def test_hydra_full_error_shows_the_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    result = subprocess.run([CNNVIS, "run", "targets=[pred,dishwasher]"], cwd=tmp_path, capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 2 and "Traceback" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("cnnvis: error: unknown target 'dishwasher'")
