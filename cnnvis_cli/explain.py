@@ -19,6 +19,7 @@ import torch
 
 from cnnvis_cli.data import UNLABELLED, UNREADABLE, Batch, Source
 from cnnvis_cli.inference import Predictions, class_name, normalise
+from cnnvis_cli.memory import Halving
 from cnnvis_cli.models import Preprocess
 from cnnvis_cli.panels import PanelContent, Tile, render_panel, to_original, zoom_box
 from cnnvis_cli.progress import progress_bar
@@ -26,7 +27,7 @@ from cnnvis_cli.render import colormap_lut, diverging_lut, encode_png, overlay, 
 from cnnvis_cli.run_dir import RunDir, panel_path, safe_name
 from cnnvis_cli.selection import Case
 from cnnvis_cli.targets import Target, targets_for
-from cnnvis_cli.techniques import Technique
+from cnnvis_cli.techniques import Explanation, Technique
 
 
 @dataclass
@@ -67,6 +68,7 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
     explained = {case.row: Explained(case) for case in cases}
     lut = colormap_lut(options.colormap, device)
     signed_lut = diverging_lut(device)
+    halvings: dict[str, Halving] = {}
     with progress_bar(show_progress) as bar:
         task = bar.add_task("heatmaps", total=len(cases), unit="images")
         for batch in batches:
@@ -84,7 +86,8 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
             model_input = normalise(images, preprocess)
             drawn = []  # per technique: R overlays and R [0, 1] maps, on the CPU
             for technique in techniques:
-                explanation = technique.explain(model_input, image_rows, target_classes)
+                explanation = explain_in_parts(technique, model_input, image_rows, target_classes,
+                                               halvings.setdefault(technique.name, Halving(technique.name)))
                 if explanation.signed is None:
                     pictures = overlay(images[image_rows], explanation.maps, lut, options.alpha)
                     raw_maps = explanation.maps
@@ -170,6 +173,22 @@ def _original(source: Source | None, index: int) -> np.ndarray | None:
         return np.asarray(source.load(index).image.convert("RGB"))
     except UNREADABLE:
         return None
+
+
+def explain_in_parts(technique: Technique, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor,
+                     halving: Halving) -> Explanation:
+    """`technique.explain` over the batch, split into fewer images at a time when the GPU runs out of memory
+    (rows are grouped by image, in image order)."""
+
+    def part(images_part: slice) -> Explanation:
+        rows = (image_rows >= images_part.start) & (image_rows < images_part.stop)
+        return technique.explain(images[images_part], image_rows[rows] - images_part.start, targets[rows])
+
+    parts = halving.run(len(images), part)
+    if len(parts) == 1:
+        return parts[0]
+    signed = None if parts[0].signed is None else torch.cat([p.signed for p in parts])
+    return Explanation(torch.cat([p.maps for p in parts]), signed)
 
 
 def output_paths(technique: str, index: int, case: Case, target: Target, predictions: Predictions,

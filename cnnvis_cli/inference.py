@@ -18,6 +18,7 @@ from torch import nn
 from cnnvis_cli.data import UNLABELLED, BadSample, Batch
 from cnnvis_cli.device import autocast
 from cnnvis_cli.errors import UserError
+from cnnvis_cli.memory import Halving
 from cnnvis_cli.models import Preprocess
 from cnnvis_cli.progress import progress_bar
 from cnnvis_cli.run_dir import CsvStream
@@ -101,6 +102,7 @@ def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, 
         "indices", "labels", "predicted", "confidence", "margin", "entropy", "loss", "topk_classes", "topk_probs")}
     sample_ids: list[str] = []
     bad: list[BadSample] = []
+    halving = Halving("inference")
     with progress_bar(show_progress) as bar, torch.inference_mode():
         task = bar.add_task("inference", total=total, unit="images")
         for batch in batches:
@@ -110,9 +112,15 @@ def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, 
             bad += batch.bad
             if batch.indices:
                 images = batch.images.to(device, non_blocking=True)
-                with autocast(device, amp):
-                    logits = model(normalise(images, preprocess))
-                stats = _batch_statistics(logits.float(), batch.labels.to(device), k)
+                labels = batch.labels.to(device)
+
+                def classify(part: slice, images=images, labels=labels) -> dict[str, np.ndarray]:
+                    with autocast(device, amp):
+                        logits = model(normalise(images[part], preprocess))
+                    return _batch_statistics(logits.float(), labels[part], k)
+
+                parts_of_batch = halving.run(len(batch.indices), classify)
+                stats = {key: np.concatenate([part[key] for part in parts_of_batch]) for key in parts_of_batch[0]}
                 ids = [sample_id(index) for index in batch.indices]
                 csv.write(_rows(batch, ids, stats, class_names, topk, extra_columns))
                 for key, value in stats.items():

@@ -67,7 +67,7 @@ def test_demo_run_writes_every_artefact(tmp_path: Path) -> None:
                 raw = np.load(tmp_path / "maps" / technique / overlay.with_suffix(".npy").name)
                 assert raw.shape == (96, 96) and raw.dtype == np.float32 and raw.min() >= 0 and raw.max() <= 1
     assert summary["heatmaps"] == sum(len(record["overlays"]) for record in result.records)
-    assert set(summary["seconds"]) == {"setup", "inference", "selection", "explanation", "total"}
+    assert set(summary["seconds"]) == {"setup", "inference", "selection", "explanation", "report", "total"}
 
 
 def test_runs_are_deterministic(tmp_path: Path) -> None:
