@@ -180,7 +180,8 @@ def _report(summary: dict, run_dir: Path) -> None:
         + (f", [yellow]{summary['unreadable']} unreadable[/] (errors.csv)" if summary["unreadable"] else ""),
         f"selected [bold]{selection['selected']}[/]" + (f" ({reasons})" if reasons else "")
         + f"; {summary['heatmaps']} heatmaps with {', '.join(summary['techniques'])}",
-        f"{summary['seconds']['total']:.1f} s on {summary['device']}; results in {run_dir}",
+        f"{summary['seconds']['total']:.1f} s on {summary['device']}; results in {run_dir}"
+        + ("; open report.html there" if (run_dir / "report.html").is_file() else ""),
     ]
     if not selection["selected"]:
         lines[1] = "no sample met the selection criteria: nothing to explain"

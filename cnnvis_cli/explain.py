@@ -19,7 +19,7 @@ import torch
 
 from cnnvis_cli.data import UNLABELLED, UNREADABLE, Batch, Source
 from cnnvis_cli.inference import Predictions, class_name, normalise
-from cnnvis_cli.memory import Halving
+from cnnvis_cli.memory import Halving, release_freed_memory
 from cnnvis_cli.models import Preprocess
 from cnnvis_cli.panels import PanelContent, Tile, render_panel, to_original, zoom_box
 from cnnvis_cli.progress import progress_bar
@@ -71,7 +71,8 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
     halvings: dict[str, Halving] = {}
     with progress_bar(show_progress) as bar:
         task = bar.add_task("heatmaps", total=len(cases), unit="images")
-        for batch in batches:
+        for batch_number, batch in enumerate(batches):
+            release_freed_memory(batch_number)
             if not batch.indices:
                 continue
             batch_cases = [case_of_index[index] for index in batch.indices]

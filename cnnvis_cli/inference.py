@@ -18,7 +18,7 @@ from torch import nn
 from cnnvis_cli.data import UNLABELLED, BadSample, Batch
 from cnnvis_cli.device import autocast
 from cnnvis_cli.errors import UserError
-from cnnvis_cli.memory import Halving
+from cnnvis_cli.memory import Halving, release_freed_memory
 from cnnvis_cli.models import Preprocess
 from cnnvis_cli.progress import progress_bar
 from cnnvis_cli.run_dir import CsvStream
@@ -105,7 +105,8 @@ def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, 
     halving = Halving("inference")
     with progress_bar(show_progress) as bar, torch.inference_mode():
         task = bar.add_task("inference", total=total, unit="images")
-        for batch in batches:
+        for batch_number, batch in enumerate(batches):
+            release_freed_memory(batch_number)
             if strict and batch.bad:
                 first = batch.bad[0]
                 raise UserError(f"unreadable image {first.sample_id} ({first.reason}); strict=true stops here")
