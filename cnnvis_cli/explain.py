@@ -69,6 +69,7 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
     lut = colormap_lut(options.colormap, device)
     signed_lut = diverging_lut(device)
     halvings: dict[str, Halving] = {}
+    colour_bars = _colour_bars(techniques, options.colormap, lut, signed_lut)
     with progress_bar(show_progress) as bar:
         task = bar.add_task("heatmaps", total=len(cases), unit="images")
         for batch_number, batch in enumerate(batches):
@@ -117,7 +118,7 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                     record.panel = panel_path(batch.indices[position], predictions.sample_ids[case.row])
                     content = _panel_content(case, batch.indices[position], rows, position, drawn, probabilities,
                                              images[position].permute(1, 2, 0).cpu().numpy(), predictions,
-                                             class_names, preprocess, source, options, lut, signed_lut)
+                                             class_names, preprocess, source, options, colour_bars)
                     run_dir.write_bytes(record.panel, encode_png(render_panel(
                         content, options.panel_size, options.zoom,
                         predicted_correct=bool(predictions.correct[case.row]))))
@@ -127,8 +128,8 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
 
 def _panel_content(case: Case, index: int, rows: list[tuple[int, Target]], position: int, drawn: list,
                    probabilities: np.ndarray, image: np.ndarray, predictions: Predictions, class_names: list[str],
-                   preprocess: Preprocess, source: Source | None, options: RenderOptions, lut: torch.Tensor,
-                   signed_lut: torch.Tensor) -> PanelContent:
+                   preprocess: Preprocess, source: Source | None, options: RenderOptions,
+                   colour_bars: list) -> PanelContent:
     """What one sample's panel shows."""
     label = int(predictions.labels[case.row])
     scores = probabilities[position]
@@ -157,13 +158,19 @@ def _panel_content(case: Case, index: int, rows: list[tuple[int, Target]], posit
     title = (f"#{index}  {predictions.sample_ids[case.row]}   true: {true_name}   predicted: "
              f"{class_names[predicted]} ({float(predictions.confidence[case.row]):.1%})   "
              f"selected: {', '.join(case.reasons)}")
+    return PanelContent(title, image, tiles, top, colour_bars)
+
+
+def _colour_bars(techniques: list[Technique], colormap: str, lut: torch.Tensor,
+                 signed_lut: torch.Tensor) -> list[tuple[str, np.ndarray, str, str]]:
+    """The scales a panel explains: the heatmap colormap, and the diverging map of signed techniques."""
     bars = []
-    if any(not technique.signed for technique, _, _ in drawn):
-        bars.append((f"heatmap ({options.colormap}): where the model looked", lut.cpu().numpy(), "low", "high"))
-    if any(technique.signed for technique, _, _ in drawn):
+    if any(not technique.signed for technique in techniques):
+        bars.append((f"heatmap ({colormap}): where the model looked", lut.cpu().numpy(), "low", "high"))
+    if any(technique.signed for technique in techniques):
         bars.append(("attribution: blue speaks against the class, red for it", signed_lut.cpu().numpy(),
                      "against", "for"))
-    return PanelContent(title, image, tiles, top, bars)
+    return bars
 
 
 def _original(source: Source | None, index: int) -> np.ndarray | None:
