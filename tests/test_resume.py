@@ -25,8 +25,11 @@ def outputs(run: Path) -> dict[str, bytes]:
 
 def start_and_stop(folder: Path, cwd: Path, stop_when, sig: int) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    # a shell that started us in the background may have set SIGINT to be ignored, which the child would
+    # inherit (and Python then installs no KeyboardInterrupt handler): give it the default back, as a terminal would
     process = subprocess.Popen([CNNVIS, "run", *ARGS, f"hydra.run.dir={folder}"], cwd=cwd, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not stop_when() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
