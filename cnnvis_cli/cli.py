@@ -126,7 +126,6 @@ def resume_overrides(argv: list[str]) -> list[str]:
     return [*original, f"resume={folder}", f"hydra.run.dir={folder}"]
 
 
-
 def _run(argv: list[str]) -> int:
     register_schema()
     argv = resume_overrides(argv)

@@ -175,13 +175,16 @@ def stacked_rows(image_rows: torch.Tensor, copies: int, num_images: int) -> torc
     return (image_rows[None] + offsets).flatten()
 
 
-def score_pairs(num_images: int, num_items: int, classes: torch.Tensor, batch_size: int, score) -> torch.Tensor:
-    """B x items x len(classes) scores of every (image, item) pair, `batch_size` pairs per call of
-    `score(image_index, item_index)`, which returns those pairs' M x all-classes scores."""
+def score_pairs(num_images: int, num_items: int, classes: torch.Tensor, batch_size: int, score,
+                wanted: torch.Tensor | None = None) -> torch.Tensor:
+    """B x items x len(classes) scores of every (image, item) pair (or only those `wanted`, a B x items mask;
+    the others stay 0), `batch_size` pairs per call of `score(image_index, item_index)`, which returns those
+    pairs' M x all-classes scores."""
     device = classes.device
     scores = torch.zeros((num_images, num_items, len(classes)), device=device)
-    pair_image = torch.arange(num_images, device=device).repeat_interleave(num_items)
-    pair_item = torch.arange(num_items, device=device).repeat(num_images)
+    if wanted is None:
+        wanted = torch.ones((num_images, num_items), dtype=torch.bool, device=device)
+    pair_image, pair_item = torch.nonzero(wanted, as_tuple=True)  # image by image, item by item
     for start in range(0, len(pair_image), batch_size):
         image_index, item_index = pair_image[start:start + batch_size], pair_item[start:start + batch_size]
         scores[image_index, item_index] = score(image_index, item_index).float()[:, classes]

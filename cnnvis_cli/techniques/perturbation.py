@@ -7,7 +7,8 @@ channel is shown alone (Score-CAM) or removed (Ablation-CAM).
 Both score every (image, channel) pair with one forward pass, streamed through the model `batch_size`
 pairs at a time so memory stays bounded whatever the channel count; each pass serves every target of its
 image. `max_channels=K` scores only the K channels with the largest mean activation (the "Faster
-Score-CAM" idea, applied to both); the other channels get weight 0.
+Score-CAM" idea, applied to both); the other channels get weight 0. Channels that are zero everywhere
+(common after a ReLU) are never sent through the model: their weight is 0 by either definition.
 """
 
 from __future__ import annotations
@@ -53,8 +54,12 @@ class PerturbationCAM(ChannelWeightedCAM):
             with self.autocast(images):
                 return self.perturbed_scores(activation, images, image_index, channels[image_index, slot], layer)
 
-        scores = score_pairs(num_images, scored, classes, self.batch_size, score)  # the targets' perturbed scores
+        # a channel that is zero everywhere weighs 0 for both methods (no region to show; nothing to remove),
+        # so it is not sent through the model
+        active = activation.flatten(2).abs().amax(dim=2).gather(1, channels) > 0  # B x scored
+        scores = score_pairs(num_images, scored, classes, self.batch_size, score, wanted=active)
         row_weights = self.weights_from_scores(scores[image_rows, :, class_of_row], images, image_rows, targets)
+        row_weights = torch.where(active[image_rows], row_weights, 0.0)
         weights = activation.new_zeros((len(targets), num_channels))
         return weights.scatter_(1, channels[image_rows], row_weights)
 

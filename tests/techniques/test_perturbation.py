@@ -37,3 +37,24 @@ def test_max_channels_scores_only_the_most_active_channels(tiny_net) -> None:
     torch.testing.assert_close(maps[0], reference_scorecam(tiny_net, "features", image, 1, channels=top),
                                atol=1e-5, rtol=1e-4)
 
+
+
+@pytest.mark.parametrize(("technique", "reference"), [(ScoreCAM, reference_scorecam),
+                                                      (AblationCAM, reference_ablationcam)])
+def test_channels_that_are_zero_everywhere_are_not_scored_and_maps_do_not_change(tiny_net, technique,
+                                                                                reference) -> None:
+    with torch.no_grad():  # half the last block's channels end below zero, so its ReLU leaves them at 0
+        tiny_net.features[4].bias[:6] = -100.0
+    torch.manual_seed(6)
+    images, rows, targets = torch.randn(2, 3, 16, 16), torch.tensor([0, 1, 1]), torch.tensor([3, 0, 4])
+    inputs_seen = []
+    handle = tiny_net.register_forward_pre_hook(lambda _m, args: inputs_seen.append(len(args[0])))
+    try:
+        maps = technique(tiny_net, ["features"], batch_size=64).explain(images, rows, targets).maps
+    finally:
+        handle.remove()
+    expected = torch.stack([reference(tiny_net, "features", images[i], int(t))
+                            for i, t in zip(rows, targets, strict=True)])
+    torch.testing.assert_close(maps, expected, atol=1e-5, rtol=1e-4)
+    passes = sum(inputs_seen)
+    assert passes <= 2 * (12 - 6) + 2 * 2  # the 6 live channels of 2 images, plus the unperturbed passes
