@@ -20,6 +20,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """Mixed precision's dtype: bfloat16 where the GPU supports it (its range is float32's, so no overflow),
+    else float16."""
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+
+
 def autocast(device: torch.device, enabled: bool):
-    """float16 autocast on CUDA when `enabled`; a no-op elsewhere."""
-    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
+    """Mixed-precision autocast on CUDA when `enabled`; a no-op elsewhere."""
+    return torch.autocast(device_type=device.type, dtype=amp_dtype(device), enabled=enabled and device.type == "cuda")

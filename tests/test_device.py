@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnvis_cli.device import autocast, resolve_device
+from cnnvis_cli.device import amp_dtype, autocast, resolve_device
 from cnnvis_cli.errors import UserError
 
 
@@ -22,3 +22,10 @@ def test_cuda_without_cuda_is_a_user_error() -> None:
 def test_autocast_is_a_no_op_on_the_cpu() -> None:
     with autocast(torch.device("cpu"), enabled=True):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_mixed_precision_prefers_bfloat16_where_the_gpu_has_it(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert amp_dtype(torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert amp_dtype(torch.device("cuda")) == torch.float16

@@ -22,7 +22,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from cnnvis_cli.device import autocast
 from cnnvis_cli.techniques.base import Explanation, Technique, TechniqueContext, normalise_maps, row_gradients
 
 
@@ -46,11 +45,11 @@ class SignedTechnique(Technique):
         return signed.clamp(min=0) if self.heat_from == "positive" else signed.abs()
 
 
-def input_gradients(model: nn.Module, inputs: torch.Tensor, input_rows: torch.Tensor, targets: torch.Tensor,
-                    amp: bool = False) -> torch.Tensor:
+def input_gradients(model: nn.Module, inputs: torch.Tensor, input_rows: torch.Tensor,
+                    targets: torch.Tensor) -> torch.Tensor:
     """d score(inputs[input_rows[r]])_targets[r] / d input for each row r: R x C x H x W, float32."""
     inputs = inputs.detach().requires_grad_(True)
-    with torch.enable_grad(), autocast(inputs.device, amp):
+    with torch.enable_grad():
         logits = model(inputs)
     return row_gradients(logits, [inputs], input_rows, targets)[0]
 
@@ -72,7 +71,7 @@ class InputGradient(SignedTechnique):
 
     def gradients(self, inputs: torch.Tensor, input_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with self.backward_rules():
-            return input_gradients(self.model, inputs, input_rows, targets, self.amp)
+            return input_gradients(self.model, inputs, input_rows, targets)
 
     def attribute(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         gradients = self.gradients(images, image_rows, targets)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +72,6 @@ class LayerCapture:
 class CamTechnique(Technique):
     """A class activation map on one or more layers."""
 
-    needs_gradients: ClassVar[bool] = True
     cost = "1 forward + 1 backward to the layer"
 
     def __init__(self, model: nn.Module, layers: Sequence[str], *, amp: bool = False) -> None:

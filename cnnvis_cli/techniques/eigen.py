@@ -23,6 +23,7 @@ class EigenCAM(CamTechnique):
     summary = "Eigen-CAM (Muhammad and Yeasin, 2020): the activations' first principal component; class-agnostic"
     cost = "1 forward (no backward; the same map for every target)"
     needs_gradients = False
+    amp_safe = True  # a principal component of activations
 
     def layer_map(self, activation: torch.Tensor, gradient: torch.Tensor | None, images: torch.Tensor,
                   image_rows: torch.Tensor, targets: torch.Tensor, layer: str) -> torch.Tensor:

@@ -68,7 +68,7 @@ class GuidedBackprop(InputGradient):
     def gradients(self, inputs: torch.Tensor, input_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         mode = GuidedReLUs()
         with mode:
-            gradients = input_gradients(self.model, inputs, input_rows, targets, self.amp)
+            gradients = input_gradients(self.model, inputs, input_rows, targets)
         if mode.calls == 0:
             raise UserError(f"{self.name} needs a model with ReLU activations, and this model calls none; "
                             "use another technique, e.g. technique=integrated_gradients")

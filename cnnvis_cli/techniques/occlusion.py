@@ -34,6 +34,7 @@ def window_masks(height: int, width: int, window: int, stride: int, device: torc
 
 
 class Occlusion(SignedTechnique):
+    needs_gradients = False
     name = "occlusion"
     summary = "Occlusion (Zeiler and Fergus, 2014): the score lost when a sliding window hides each region"
     cost = "1 + P forwards (P window positions)"

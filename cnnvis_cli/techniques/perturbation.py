@@ -87,6 +87,7 @@ class ScoreCAM(PerturbationCAM):
 
     name = "scorecam"
     summary = "Score-CAM (Wang et al., 2020): channels weighted by the score of the image they mask"
+    amp_safe = True  # scores are probabilities
 
     def perturbed_scores(self, activation: torch.Tensor, images: torch.Tensor, image_index: torch.Tensor,
                          channel_index: torch.Tensor, layer: str) -> torch.Tensor:

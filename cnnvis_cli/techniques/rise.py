@@ -29,6 +29,8 @@ class RISE(Technique):
     name = "rise"
     summary = "RISE (Petsiuk et al., 2018): probabilities of randomly masked images, averaged per pixel"
     cost = "N forwards (N masks)"
+    needs_gradients = False
+    amp_safe = True  # scores are probabilities
 
     def __init__(self, model: nn.Module, *, amp: bool = False, masks: int = 2000, grid: int = 7,
                  keep: float = 0.5, seed: int = 0, batch_size: int = 64) -> None:

@@ -148,3 +148,10 @@ def test_row_gradients_match_one_backward_pass_per_row() -> None:
 def test_unknown_layer_is_refused(tiny_net) -> None:
     with pytest.raises(ValueError, match="no such layer in the model: nope"):
         GradCAM(tiny_net, ["nope"]).explain(torch.randn(1, 3, 8, 8), torch.tensor([0]), torch.tensor([0]))
+
+
+def test_mixed_precision_only_where_low_precision_is_safe(tiny_net) -> None:
+    context = TechniqueContext(tiny_net, ["features"], small_options(), amp=True)
+    mixed = {name for name in TECHNIQUES if build_technique(name, context).mixed_precision}
+    assert mixed == {"scorecam", "eigencam", "rise"}
+    assert not build_technique("scorecam", TechniqueContext(tiny_net, ["features"], small_options())).mixed_precision
