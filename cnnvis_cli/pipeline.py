@@ -165,8 +165,7 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
                        stages.started)
     summary["dataset_classes_not_in_model"] = unmatched  # their samples counted as unlabelled
     if cfg.report:
-        run_dir.write_json("summary.json", summary)
-        write_report(run_dir.root)
+        write_report(run_dir.root, summary)
     stages.finish("done")
     summary["seconds"] = {**stages.seconds, "total": round(sum(stages.seconds.values()), 3)}
     run_dir.write_json("summary.json", summary)

@@ -176,12 +176,14 @@ def _facts(summary: dict[str, Any]) -> str:
     return " &middot; ".join(f"{escape(key)} <b>{escape(value)}</b>" for key, value in facts)
 
 
-def write_report(run: Path) -> Path:
-    """Build `report.html` in a run directory from its files; returns its path."""
+def write_report(run: Path, summary: dict[str, Any] | None = None) -> Path:
+    """Build `report.html` in a run directory from its files (and its summary, when the run that is
+    finishing hands it over before writing summary.json); returns its path."""
     summary_path = run / "summary.json"
-    if not summary_path.is_file():
-        raise UserError(f"no run directory at {run}: summary.json is missing")
-    summary = json.loads(summary_path.read_text())
+    if summary is None:
+        if not summary_path.is_file():
+            raise UserError(f"no run directory at {run}: summary.json is missing")
+        summary = json.loads(summary_path.read_text())
     predictions = read_csv(run / "predictions.csv")
     selected = read_csv(run / "selected.csv")
     reasons = list(summary.get("selection", {}).get("selected_by_reason", {}))
