@@ -133,6 +133,9 @@ def _panel_content(case: Case, index: int, rows: list[tuple[int, Target]], posit
     """What one sample's panel shows."""
     label = int(predictions.labels[case.row])
     scores = probabilities[position]
+    order = np.argsort(-scores, kind="stable")  # the model's guesses, best first
+    rank = np.empty_like(order)
+    rank[order] = np.arange(1, len(order) + 1)  # each class's place in that order
     original = _original(source, index) if options.zoom else None
     tiles = []
     for technique, pictures, heat in drawn:
@@ -146,13 +149,12 @@ def _panel_content(case: Case, index: int, rows: list[tuple[int, Target]], posit
                                              preprocess.input_size)
                 zoom = original[y0:y1, x0:x1] if x1 > x0 and y1 > y0 else None
             tiles.append(Tile(technique.name, target.role, class_names[target.class_index],
-                              int((scores > scores[target.class_index]).sum()) + 1,
+                              int(rank[target.class_index]),
                               float(scores[target.class_index]), pictures[row], box, zoom,
                               is_true=target.class_index == label))
-    order = np.argsort(-scores, kind="stable")
-    top = [(class_names[c], float(scores[c]), int(c) == label, rank) for rank, c in enumerate(order[:options.topn], 1)]
-    if label != UNLABELLED and label not in order[:options.topn]:  # the true class, with its rank, last
-        top.append((class_names[label], float(scores[label]), True, int(np.flatnonzero(order == label)[0]) + 1))
+    top = [(class_names[c], float(scores[c]), int(c) == label, int(rank[c])) for c in order[:options.topn]]
+    if label != UNLABELLED and rank[label] > options.topn:  # the true class, with its rank, last
+        top.append((class_names[label], float(scores[label]), True, int(rank[label])))
     true_name = class_name(class_names, label, "unlabelled")
     predicted = int(predictions.predicted[case.row])
     title = (f"#{index}  {predictions.sample_ids[case.row]}   true: {true_name}   predicted: "
