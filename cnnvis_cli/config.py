@@ -158,6 +158,7 @@ class RunConfig:
     report: bool = True  # write report.html into the run directory
     strict: bool = False  # stop at the first unreadable image instead of skipping and recording it
     resume: str | None = None  # a run directory to finish: its predictions and written files are reused
+    cache: str | None = "~/.cache/cnnvis"  # reuse the predictions of an earlier identical inference; null: off
     explain_batch_size: int = 16  # images per batch in the explanation stage
     save_maps: bool = False
     stdout: str = "path"  # path: print the run directory; jsonl: one JSON object per selected sample

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cnnvis_cli import __version__
+from cnnvis_cli.cache import FILES, PredictionCache, prediction_key
 from cnnvis_cli.config import RunConfig
 from cnnvis_cli.data import (
     SampleSet,
@@ -125,11 +126,22 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
         return make_loader(test_set, batch_size, cfg.dataset.num_workers, pin_memory=device.type == "cuda")
 
     stored = run_dir.root / PREDICTIONS_NPZ
+    keep_k = max(cfg.topk, cfg.selection.topk, deepest_top(parsed_targets))
+    cache = PredictionCache(Path(cfg.cache).expanduser()) if cfg.cache and not cfg.resume else None
+    key = prediction_key(cfg, loaded.preprocess, source, indices, class_names, label_map, keep_k, device) \
+        if cache else None
+    cached = cache.load(key) if cache and key else None
     if cfg.resume and stored.is_file() and (run_dir.root / "predictions.csv").is_file():
         predictions = predictions_from_bytes(stored.read_bytes())
         log.info("resuming: reusing the %d predictions of %s", len(predictions), run_dir.root)
+    elif cached is not None:
+        predictions = predictions_from_bytes(cached[PREDICTIONS_NPZ])
+        for name, data in cached.items():
+            run_dir.write_bytes(name, data)
+        _write_errors(run_dir, predictions)
+        log.info("inference skipped: reusing the %d predictions cached by an earlier run with the same model, "
+                 "weights, data and preprocessing (%s)", len(predictions), cache.entry(key))
     else:
-        keep_k = max(cfg.topk, cfg.selection.topk, deepest_top(parsed_targets))
         with run_dir.csv_stream("predictions.csv", prediction_header(cfg.topk, source.extra_columns)) as csv:
             predictions = predict(
                 loaded.module, loader(indices, cfg.dataset.batch_size), loaded.preprocess, device,
@@ -139,6 +151,8 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
             )
         _write_errors(run_dir, predictions)
         run_dir.write_bytes(PREDICTIONS_NPZ, predictions_bytes(predictions))
+        if cache and key:
+            cache.store(key, {name: run_dir.path(name).read_bytes() for name in FILES})
     stages.finish("selection")
 
     selection = select(predictions, cfg.selection)
@@ -163,6 +177,7 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
 
     summary = _summary(cfg, loaded, layers, techniques, device, predictions, selection, explained, stages.seconds,
                        stages.started)
+    summary["predictions_from_cache"] = None if cached is None else str(cache.entry(key))
     summary["dataset_classes_not_in_model"] = unmatched  # their samples counted as unlabelled
     if cfg.report:
         write_report(run_dir.root, summary)

@@ -10,6 +10,12 @@ from helpers import write_image_folder
 from torch import nn
 
 
+@pytest.fixture(autouse=True)
+def no_prediction_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs in tests (and the CLI processes they start) do not share predictions unless a test asks."""
+    monkeypatch.setenv("CNNVIS_CACHE", "")
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """`images/cat` with 3 and `images/dog` with 2 random PNGs."""

@@ -46,14 +46,21 @@ def test_default_run_directory_is_timestamped_under_outputs(tmp_path: Path) -> N
     assert run_dir.parent.parent == tmp_path / "outputs" and (run_dir / "predictions.csv").is_file()
 
 
-def test_multirun_prints_one_directory_per_job(tmp_path: Path) -> None:
+def test_multirun_prints_one_directory_per_job_and_runs_inference_once(tmp_path: Path) -> None:
     result = cnnvis("run", "-m", "technique=gradcam,scorecam", "technique.max_channels=4", "dataset.limit=24",
-                    f"hydra.sweep.dir={tmp_path / 'sweep'}", "progress=false", cwd=tmp_path)
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}", f"cache={tmp_path / 'cache'}", "progress=false",
+                    cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines == [str(tmp_path / "sweep" / "0"), str(tmp_path / "sweep" / "1")]
-    for line, technique in zip(lines, ("gradcam", "scorecam"), strict=True):
-        assert json.loads((Path(line) / "summary.json").read_text())["techniques"] == [technique]
+    summaries = [json.loads((Path(line) / "summary.json").read_text()) for line in lines]
+    assert [summary["techniques"] for summary in summaries] == [["gradcam"], ["scorecam"]]
+    # the second job reuses the first job's predictions, and says so
+    assert summaries[0]["predictions_from_cache"] is None
+    assert Path(summaries[1]["predictions_from_cache"]).parent == tmp_path / "cache" / "predictions"
+    assert result.stderr.count("inference skipped: reusing the 24 predictions cached") == 1
+    assert "inference skipped" in (Path(lines[1]) / "cnnvis.log").read_text()
+    assert (Path(lines[0]) / "predictions.csv").read_bytes() == (Path(lines[1]) / "predictions.csv").read_bytes()
 
 
 def test_jsonl_output_is_one_object_per_selected_sample(tmp_path: Path) -> None:

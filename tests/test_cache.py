@@ -1,0 +1,107 @@
+"""The prediction cache: what its key holds, and runs that reuse an earlier run's predictions."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_config, write_image_folder
+
+from cnnvis_cli import pipeline
+from cnnvis_cli.cache import PredictionCache, prediction_key
+from cnnvis_cli.data import open_source, subset_indices
+from cnnvis_cli.models import load_model
+from cnnvis_cli.pipeline import run
+
+
+def key_of(*overrides: str) -> dict | None:
+    cfg = run_config(*overrides)
+    source = open_source(cfg.dataset)
+    loaded = load_model(cfg.model)
+    indices = subset_indices(len(source), cfg.dataset.limit, cfg.dataset.seed)
+    return prediction_key(cfg, loaded.preprocess, source, indices, loaded.class_names or [], None, 5,
+                          torch.device("cpu"))
+
+
+def test_key_ignores_what_does_not_change_predictions() -> None:
+    base = key_of("dataset.limit=30")
+    assert base == key_of("dataset.limit=30", "technique=scorecam", "selection.threshold=0.2",
+                          "dataset.batch_size=7", "dataset.num_workers=1", "model.target_layer=features.0")
+
+
+@pytest.mark.parametrize("change", ["dataset.limit=31", "dataset.seed=1", "topk=3", "model.input_size=48",
+                                    "model.mean=[0.5,0.5,0.5]", "dataset.split=train"])
+def test_key_changes_with_data_preprocessing_and_outputs(change: str) -> None:
+    assert key_of("dataset.limit=30") != key_of("dataset.limit=30", change)
+
+
+def test_key_follows_the_files_and_the_checkpoint(tmp_path: Path) -> None:
+    folder = write_image_folder(tmp_path / "images", {"cat": 2, "dog": 2})
+    checkpoint = tmp_path / "weights.pt"
+    torch.save(load_model(run_config().model).module.state_dict(), checkpoint)
+    overrides = ("dataset=imagefolder", f"dataset.root={folder}", f"model.checkpoint={checkpoint}")
+    before = key_of(*overrides)
+    assert before == key_of(*overrides)
+    image = folder / "cat" / "img_0.png"
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # the image was replaced
+    after_image = key_of(*overrides)
+    assert after_image != before
+    os.utime(checkpoint, ns=(checkpoint.stat().st_atime_ns, checkpoint.stat().st_mtime_ns + 10**9))
+    assert key_of(*overrides) != after_image
+    (folder / "dog" / "img_2.png").write_bytes(image.read_bytes())  # one more test image
+    assert key_of(*overrides) != after_image
+
+
+def test_no_key_for_a_file_list_read_from_standard_input(tmp_path: Path) -> None:
+    cfg = run_config("dataset=files", "dataset.list_file=-")
+    assert prediction_key(cfg, load_model(cfg.model).preprocess, None, [], [], None, 5, torch.device("cpu")) is None
+
+
+def test_second_run_reuses_the_predictions_without_inference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    folder = write_image_folder(tmp_path / "images", {"cat": 3, "dog": 3})
+    (folder / "cat" / "broken.png").write_bytes(b"not a png")
+    overrides = ("dataset=imagefolder", f"dataset.root={folder}", "dataset.num_workers=0",
+                 f"cache={tmp_path / 'cache'}", "model.num_classes=2", "model.class_names=dataset")
+    first = run(run_config(*overrides), tmp_path / "first")
+    assert first.summary["predictions_from_cache"] is None
+
+    def no_inference(*_args, **_kwargs):
+        raise AssertionError("the inference stage ran again")
+
+    monkeypatch.setattr(pipeline, "predict", no_inference)
+    with caplog.at_level("INFO", logger="cnnvis"):
+        second = run(run_config(*overrides, "technique=eigencam"), tmp_path / "second")
+    entry = Path(second.summary["predictions_from_cache"])
+    assert entry.parent == tmp_path / "cache" / "predictions"
+    assert "inference skipped: reusing the 6 predictions" in caplog.text
+    for name in ("predictions.csv", "predictions.npz", "errors.csv", "selected.csv"):
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
+    assert second.summary["unreadable"] == 1 and second.summary["accuracy"] == first.summary["accuracy"]
+    assert json.loads((entry / "key.json").read_text())["dataset"]["root"] == str(folder)
+    # with the cache off, the inference stage runs (and here fails loudly)
+    with pytest.raises(AssertionError, match="ran again"):
+        run(run_config(*overrides, "cache=null"), tmp_path / "third")
+
+
+def test_an_unwritable_cache_is_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    with caplog.at_level("WARNING", logger="cnnvis"):
+        result = run(run_config("dataset.limit=20", f"cache={blocker}"), tmp_path / "run")
+    assert result.summary["samples"] == 20
+    assert "could not write the prediction cache" in caplog.text and "cache=null" in caplog.text
+
+
+def test_an_entry_is_read_only_when_whole(tmp_path: Path) -> None:
+    cache = PredictionCache(tmp_path)
+    key = {"any": "key"}
+    assert cache.load(key) is None
+    cache.store(key, {"predictions.npz": b"n", "predictions.csv": b"c"})
+    assert cache.load(key) == {"predictions.npz": b"n", "predictions.csv": b"c"}
+    (cache.entry(key) / "predictions.csv").unlink()
+    assert cache.load(key) is None
+    assert not list(cache.entry(key).parent.glob(".partial-*"))
