@@ -62,7 +62,7 @@ class DatasetConfig:
     size: str = "full"  # imagenette: full | 320px | 160px
     limit: int | None = None  # a seeded random subset of this many samples
     batch_size: int = 32
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader worker processes; null: one per spare CPU core, at most 4
     seed: int = 0
 
 
@@ -119,7 +119,7 @@ class TechniqueConfig:
 
     methods: dict[str, bool] = field(default_factory=dict)  # filled by the technique option files
     layers: list[str] | None = None  # CAMs: these layers, averaged, instead of the model's target layer
-    batch_size: int = 64  # perturbation and path methods: inputs per forward pass
+    batch_size: int | None = None  # many-pass methods: inputs per forward pass; null: 64 on a GPU, 8 on a CPU
     max_channels: int | None = None  # Score-/Ablation-CAM: score only the K channels with the largest mean activation
     integrated_gradients: IntegratedGradientsConfig = field(default_factory=IntegratedGradientsConfig)
     smooth: SmoothConfig = field(default_factory=SmoothConfig)
@@ -223,7 +223,6 @@ def check_run_config(cfg: RunConfig) -> None:
     for key, value in (
         ("dataset.batch_size", cfg.dataset.batch_size),
         ("explain_batch_size", cfg.explain_batch_size),
-        ("technique.batch_size", cfg.technique.batch_size),
         ("topk", cfg.topk),
         ("selection.topk", cfg.selection.topk),
         ("technique.integrated_gradients.steps", cfg.technique.integrated_gradients.steps),
@@ -255,7 +254,10 @@ def check_run_config(cfg: RunConfig) -> None:
         raise UserError(f"render.panel_size={cfg.render.panel_size} is too small to read; use 64 or more")
     if cfg.technique.lrp.epsilon <= 0:
         raise UserError(f"technique.lrp.epsilon={cfg.technique.lrp.epsilon} must be above 0, e.g. 0.25")
-    if cfg.dataset.num_workers < 0:
+    if cfg.technique.batch_size is not None and cfg.technique.batch_size < 1:
+        raise UserError(f"technique.batch_size={cfg.technique.batch_size} must be at least 1, or null for the "
+                        "device's default (64 on a GPU, 8 on a CPU)")
+    if cfg.dataset.num_workers is not None and cfg.dataset.num_workers < 0:
         raise UserError(f"dataset.num_workers={cfg.dataset.num_workers} must be 0 or more")
     if not cfg.targets:
         raise UserError("targets is empty; use for example targets=[pred,true]")

@@ -8,6 +8,7 @@ and the run records it.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -409,7 +410,16 @@ def subset_indices(size: int, limit: int | None, seed: int) -> list[int]:
     return sorted(torch.randperm(size, generator=generator)[:limit].tolist())
 
 
-def make_loader(samples: SampleSet, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+def loader_workers(configured: int | None) -> int:
+    """`dataset.num_workers`, else one worker per CPU core beyond the two that the model's forward pass keeps
+    busy, at most 4. On 2 cores workers only take cores from the forward pass: resnet18 over JPEGs ran at
+    1.01x the bare forward's speed with no worker, 0.81x with one and 0.78x with two."""
+    if configured is not None:
+        return configured
+    return max(0, min(4, (os.cpu_count() or 1) - 2))
+
+
+def make_loader(samples: SampleSet, batch_size: int, num_workers: int | None, pin_memory: bool) -> DataLoader:
     """Batches in order; unreadable samples travel in `Batch.bad` instead of stopping the loader."""
-    return DataLoader(samples, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    return DataLoader(samples, batch_size=batch_size, shuffle=False, num_workers=loader_workers(num_workers),
                       pin_memory=pin_memory, collate_fn=collate)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from cnnvis_cli.techniques.attribution import InputGradient
-from cnnvis_cli.techniques.base import TechniqueContext, stacked_rows
+from cnnvis_cli.techniques.base import TechniqueContext, inputs_per_pass, stacked_rows
 from cnnvis_cli.techniques.baselines import baseline_images
 
 
@@ -44,7 +44,7 @@ class IntegratedGradients(InputGradient):
         options = context.options
         return cls(context.model, amp=context.amp, steps=options.integrated_gradients.steps,
                    baseline=options.integrated_gradients.baseline, mean=context.mean, std=context.std,
-                   seed=context.seed, batch_size=options.batch_size)
+                   seed=context.seed, batch_size=inputs_per_pass(context))
 
     def baselines(self, images: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator(device=images.device).manual_seed(self.seed)

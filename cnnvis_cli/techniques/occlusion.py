@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cnnvis_cli.techniques.attribution import SignedTechnique
-from cnnvis_cli.techniques.base import TechniqueContext, score_pairs
+from cnnvis_cli.techniques.base import TechniqueContext, inputs_per_pass, score_pairs
 from cnnvis_cli.techniques.baselines import baseline_images
 
 
@@ -50,7 +50,7 @@ class Occlusion(SignedTechnique):
     def from_context(cls, context: TechniqueContext) -> Occlusion:
         options = context.options.occlusion
         return cls(context.model, amp=context.amp, window=options.window, stride=options.stride, fill=options.fill,
-                   mean=context.mean, std=context.std, batch_size=context.options.batch_size)
+                   mean=context.mean, std=context.std, batch_size=inputs_per_pass(context))
 
     @torch.no_grad()
     def attribute(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

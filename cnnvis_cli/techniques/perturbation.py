@@ -14,14 +14,30 @@ Score-CAM" idea, applied to both); the other channels get weight 0. Channels tha
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnvis_cli.techniques.base import TechniqueContext, normalise_maps, score_pairs
+from cnnvis_cli.techniques.base import TechniqueContext, inputs_per_pass, normalise_maps, score_pairs
 from cnnvis_cli.techniques.cam import ChannelWeightedCAM
+
+
+@contextmanager
+def output_replaced(module: nn.Module, output: torch.Tensor) -> Iterator[None]:
+    """Within the block, `module` returns `output` instead of computing anything (its hooks still run), so
+    Ablation-CAM's passes skip the target layer itself and reuse its activations, as pytorch-grad-cam does."""
+    own = vars(module).get("forward")  # an instance attribute that already replaces `forward`, if any
+    module.forward = lambda *_args, **_kwargs: output
+    try:
+        yield
+    finally:
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own
 
 
 class PerturbationCAM(ChannelWeightedCAM):
@@ -39,7 +55,7 @@ class PerturbationCAM(ChannelWeightedCAM):
     @classmethod
     def from_context(cls, context: TechniqueContext) -> PerturbationCAM:
         options = context.options
-        return cls(context.model, context.layers, amp=context.amp, batch_size=options.batch_size,
+        return cls(context.model, context.layers, amp=context.amp, batch_size=inputs_per_pass(context),
                    max_channels=options.max_channels)
 
     @torch.no_grad()
@@ -113,18 +129,10 @@ class AblationCAM(PerturbationCAM):
 
     def perturbed_scores(self, activation: torch.Tensor, images: torch.Tensor, image_index: torch.Tensor,
                          channel_index: torch.Tensor, layer: str) -> torch.Tensor:
-        pairs = torch.arange(len(channel_index), device=images.device)
-
-        def ablate(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-            output = output.clone()
-            output[pairs, channel_index] = 0
-            return output
-
-        handle = dict(self.model.named_modules())[layer].register_forward_hook(ablate)
-        try:
+        ablated = activation[image_index]
+        ablated[torch.arange(len(channel_index), device=images.device), channel_index] = 0
+        with output_replaced(dict(self.model.named_modules())[layer], ablated):
             return self.model(images[image_index])
-        finally:
-            handle.remove()
 
     def weights_from_scores(self, scores: torch.Tensor, images: torch.Tensor, image_rows: torch.Tensor,
                             targets: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnvis_cli.techniques.base import Explanation, Technique, TechniqueContext, normalise_maps
+from cnnvis_cli.techniques.base import Explanation, Technique, TechniqueContext, inputs_per_pass, normalise_maps
 
 
 class RISE(Technique):
@@ -42,7 +42,7 @@ class RISE(Technique):
     def from_context(cls, context: TechniqueContext) -> RISE:
         options = context.options.rise
         return cls(context.model, amp=context.amp, masks=options.masks, grid=options.grid, keep=options.keep,
-                   seed=context.seed, batch_size=context.options.batch_size)
+                   seed=context.seed, batch_size=inputs_per_pass(context))
 
     def mask_fields(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The masks' random cells (N x 1 x grid x grid) and crop offsets as fractions of a cell (N x 2),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from cnnvis_cli.techniques.attribution import InputGradient, Saliency, SignedTechnique
-from cnnvis_cli.techniques.base import TechniqueContext, stacked_rows
+from cnnvis_cli.techniques.base import TechniqueContext, inputs_per_pass, stacked_rows
 
 
 class SmoothGrad(SignedTechnique):
@@ -31,7 +31,7 @@ class SmoothGrad(SignedTechnique):
         """SmoothGrad around `inner`, or around vanilla gradients as in the paper."""
         smooth = context.options.smooth
         return cls(inner or Saliency.from_context(context), samples=smooth.samples, noise=smooth.noise,
-                   seed=context.seed, batch_size=context.options.batch_size)
+                   seed=context.seed, batch_size=inputs_per_pass(context))
 
     def check(self, example: torch.Tensor) -> None:
         self.inner.check(example)

@@ -63,6 +63,7 @@ def test_model_is_given_back_as_it_was_even_after_an_exception(tiny_net, name: s
     running_mean = bn.running_mean.clone()
     make(name, tiny_net).explain(torch.randn(2, 3, 12, 12), torch.tensor([0, 1]), torch.tensor([0, 1]))
     assert hook_count(tiny_net) == 0
+    assert not any("forward" in vars(module) for module in tiny_net.modules())
     assert all(m.training for m in tiny_net.modules())
     assert [p.requires_grad for p in tiny_net.parameters()] == flags
     assert all(p.grad is None for p in tiny_net.parameters())  # no gradient accumulated in parameters
@@ -76,6 +77,7 @@ def test_model_is_given_back_as_it_was_even_after_an_exception(tiny_net, name: s
         make(name, tiny_net).explain(torch.randn(1, 3, 12, 12), torch.tensor([0]), torch.tensor([0]))
     tiny_net.classifier._forward_hooks.clear()
     assert hook_count(tiny_net) == 0
+    assert not any("forward" in vars(module) for module in tiny_net.modules())  # no module's forward replaced
     assert all(m.training for m in tiny_net.modules())
     assert [p.requires_grad for p in tiny_net.parameters()] == flags
     assert all(p.grad is None for p in tiny_net.parameters())

@@ -58,3 +58,32 @@ def test_channels_that_are_zero_everywhere_are_not_scored_and_maps_do_not_change
     torch.testing.assert_close(maps, expected, atol=1e-5, rtol=1e-4)
     passes = sum(inputs_seen)
     assert passes <= 2 * (12 - 6) + 2 * 2  # the 6 live channels of 2 images, plus the unperturbed passes
+
+
+def test_ablation_passes_reuse_the_layer_output_and_give_the_layer_back_after_a_failure(tiny_net) -> None:
+    torch.manual_seed(7)
+    images, rows, targets = torch.randn(2, 3, 16, 16), torch.tensor([0, 1]), torch.tensor([1, 2])
+    calls = []
+    handle = tiny_net.features[3].register_forward_hook(lambda *_: calls.append(1))  # a conv inside the layer
+    try:
+        AblationCAM(tiny_net, ["features"], batch_size=64).explain(images, rows, targets)
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # the unperturbed pass and the original scores; no ablated pass ran it
+
+    passes = []
+
+    def fail_on_an_ablated_pass(*_):
+        passes.append(1)
+        if len(passes) == 2:
+            raise RuntimeError("boom")
+
+    handle = tiny_net.classifier.register_forward_hook(fail_on_an_ablated_pass)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            AblationCAM(tiny_net, ["features"], batch_size=64).explain(images, rows, targets)
+    finally:
+        handle.remove()
+    assert "forward" not in vars(tiny_net.features)
+    with torch.no_grad():  # the layer computes again
+        assert not torch.equal(tiny_net.features(images), tiny_net.features(images.flip(-1)))
