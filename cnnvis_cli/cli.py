@@ -19,7 +19,7 @@ from cnnvis_cli import __version__
 from cnnvis_cli.errors import UserError, first_line, unknown_name
 
 GROUPS = ("model", "dataset", "selection", "technique")
-LISTABLE = ("models", "techniques", "datasets", "selections", "layers")
+LISTABLE = ("models", "techniques", "datasets", "selections", "layers", "metrics")
 USAGE = f"""usage: cnnvis COMMAND [ARGS]
 
 commands:
@@ -303,6 +303,12 @@ def _list(argv: list[str]) -> int:
         _print_table([(name, technique.summary) for name, technique in TECHNIQUES.items()] + list(PRESETS.items()))
         print("\ncost per image and target:")
         _print_table([(name, technique.cost) for name, technique in TECHNIQUES.items()])
+        return 0
+    if what == "metrics":
+        from cnnvis_cli.metrics import METRICS
+
+        _print_table(list(METRICS.items()))
+        print("\nmetrics=[deletion,insertion,...] scores every heatmap of a run (metrics.csv, summary.json, report)")
         return 0
     rows = _options(what[:-1])
     if what == "models":

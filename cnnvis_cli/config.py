@@ -160,6 +160,8 @@ class RunConfig:
     resume: str | None = None  # a run directory to finish: its predictions and written files are reused
     cache: str | None = "~/.cache/cnnvis"  # reuse the predictions of an earlier identical inference; null: off
     explain_batch_size: int = 16  # images per batch in the explanation stage
+    metrics: list[str] = field(default_factory=list)  # heatmap metrics: deletion, insertion, drop, pointing, energy
+    metrics_steps: int = 20  # deletion and insertion: points on each curve after the start
     save_maps: bool = False
     stdout: str = "path"  # path: print the run directory; jsonl: one JSON object per selected sample
     progress: bool = True
@@ -192,6 +194,7 @@ def load_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
 
 def check_run_config(cfg: RunConfig) -> None:
     """The rules a schema cannot express: ranges and known names."""
+    from cnnvis_cli.metrics import METRICS
     from cnnvis_cli.selection import CRITERIA
     from cnnvis_cli.techniques import TECHNIQUES
 
@@ -231,6 +234,7 @@ def check_run_config(cfg: RunConfig) -> None:
         ("technique.rise.masks", cfg.technique.rise.masks),
         ("technique.rise.grid", cfg.technique.rise.grid),
         ("render.topn", cfg.render.topn),
+        ("metrics_steps", cfg.metrics_steps),
     ):
         if value < 1:
             raise UserError(f"{key}={value} must be at least 1")
@@ -259,6 +263,9 @@ def check_run_config(cfg: RunConfig) -> None:
                         "device's default (64 on a GPU, 8 on a CPU)")
     if cfg.dataset.num_workers is not None and cfg.dataset.num_workers < 0:
         raise UserError(f"dataset.num_workers={cfg.dataset.num_workers} must be 0 or more")
+    for name in cfg.metrics:
+        if name not in METRICS:
+            raise unknown_name("metric", name, METRICS, "cnnvis list metrics")
     if not cfg.targets:
         raise UserError("targets is empty; use for example targets=[pred,true]")
 

@@ -368,7 +368,7 @@ class SampleSet(Dataset):
         label = sample.label
         if label != UNLABELLED and self.label_map is not None:
             label = self.label_map[label]
-        return image, label, index, sample.extras
+        return image, label, index, {**sample.extras, "original_size": f"{sample.image.width} {sample.image.height}"}
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch
 from cnnvis_cli.data import UNLABELLED, UNREADABLE, Batch, Source
 from cnnvis_cli.inference import Predictions, class_name, normalise
 from cnnvis_cli.memory import Halving, release_freed_memory
+from cnnvis_cli.metrics import MetricRecorder, RowInfo
 from cnnvis_cli.models import Preprocess
 from cnnvis_cli.panels import PanelContent, Tile, render_panel, to_original, zoom_box
 from cnnvis_cli.progress import progress_bar
@@ -61,9 +62,11 @@ def heatmap_name(index: int, sample_id: str, true_name: str, target_name: str) -
 def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Predictions,
                   techniques: list[Technique], parsed_targets: list[str | int], class_names: list[str],
                   preprocess: Preprocess, device: torch.device, run_dir: RunDir, options: RenderOptions,
-                  source: Source | None = None, show_progress: bool = True) -> list[Explained]:
+                  source: Source | None = None, show_progress: bool = True,
+                  recorder: MetricRecorder | None = None) -> list[Explained]:
     """Maps and overlays for every case, technique and target (and a panel per case when asked, which
-    re-reads the original from `source` for its zooms); returns what was written per case."""
+    re-reads the original from `source` for its zooms), scoring every map with `recorder` when given;
+    returns what was written per case."""
     case_of_index = {int(predictions.indices[case.row]): case for case in cases}
     explained = {case.row: Explained(case) for case in cases}
     lut = colormap_lut(options.colormap, device)
@@ -90,6 +93,10 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
             for technique in techniques:
                 explanation = explain_in_parts(technique, model_input, image_rows, target_classes,
                                                halvings.setdefault(technique.name, Halving(technique.name)))
+                if recorder is not None:
+                    recorder.record(technique.name, technique.model, model_input, image_rows, target_classes,
+                                    explanation.maps, _row_infos(rows, batch, batch_cases, predictions, class_names),
+                                    batch.extras)
                 if explanation.signed is None:
                     pictures = overlay(images[image_rows], explanation.maps, lut, options.alpha)
                     raw_maps = explanation.maps
@@ -124,6 +131,17 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                         predicted_correct=bool(predictions.correct[case.row]))))
             bar.advance(task, len(batch.indices))
     return [explained[case.row] for case in cases]
+
+
+def _row_infos(rows: list[tuple[int, Target]], batch: Batch, batch_cases: list[Case], predictions: Predictions,
+               class_names: list[str]) -> list[RowInfo]:
+    infos = []
+    for position, target in rows:
+        row = batch_cases[position].row
+        labelled = bool(predictions.labelled[row])
+        infos.append(RowInfo(batch.indices[position], predictions.sample_ids[row], target.role,
+                             class_names[target.class_index], bool(predictions.correct[row]) if labelled else None))
+    return infos
 
 
 def _panel_content(case: Case, index: int, rows: list[tuple[int, Target]], position: int, drawn: list,

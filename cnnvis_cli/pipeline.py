@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,12 +41,14 @@ from cnnvis_cli.inference import (
     predictions_bytes,
     predictions_from_bytes,
 )
+from cnnvis_cli.metrics import MetricRecorder
 from cnnvis_cli.models import LoadedModel, load_model, resolve_target_layer
 from cnnvis_cli.report import write_report
 from cnnvis_cli.run_dir import RunDir
 from cnnvis_cli.selection import Selection, select
 from cnnvis_cli.targets import deepest_top, parse_targets
 from cnnvis_cli.techniques import NORMALISATION, Technique, TechniqueContext, build_technique
+from cnnvis_cli.techniques.base import inputs_per_pass
 
 log = logging.getLogger("cnnvis")
 PREDICTIONS_NPZ = "predictions.npz"  # the predictions at full precision, for resuming
@@ -161,16 +164,24 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
 
     options = RenderOptions(cfg.render.colormap, cfg.render.alpha, cfg.save_maps, cfg.render.panels, cfg.render.zoom,
                             cfg.render.zoom_threshold, cfg.render.topn, cfg.render.panel_size)
+    # metrics are kept in memory for the averages, so a resumed run with metrics explains every sample again
     done = already_written(selection.cases, predictions, [t.name for t in techniques], parsed_targets, class_names,
-                           run_dir, options) if cfg.resume else {}
+                           run_dir, options) if cfg.resume and not cfg.metrics else {}
     if done:
         log.info("resuming: %d of %d selected samples already explained", len(done), len(selection.cases))
     todo = [case for case in selection.cases if case.row not in done]
-    fresh = explain_cases(
-        loader([int(predictions.indices[case.row]) for case in todo], cfg.explain_batch_size), todo, predictions,
-        techniques, parsed_targets, class_names, loaded.preprocess, device, run_dir, options,
-        source=source, show_progress=cfg.progress,
-    ) if todo else []
+    has_cue = "cue_box" in source.extra_columns
+    with ExitStack() as stack:
+        recorder = None
+        if cfg.metrics:
+            csv = stack.enter_context(run_dir.csv_stream("metrics.csv", MetricRecorder.header(cfg.metrics, has_cue)))
+            recorder = MetricRecorder(cfg.metrics, cfg.metrics_steps, loaded.preprocess,
+                                      inputs_per_pass(techniques_context(cfg, loaded, layers)), csv, has_cue)
+        fresh = explain_cases(
+            loader([int(predictions.indices[case.row]) for case in todo], cfg.explain_batch_size), todo,
+            predictions, techniques, parsed_targets, class_names, loaded.preprocess, device, run_dir, options,
+            source=source, show_progress=cfg.progress, recorder=recorder,
+        ) if todo else []
     by_row = {**done, **{item.case.row: item for item in fresh}}
     explained = [by_row[case.row] for case in selection.cases]
     stages.finish("report")
@@ -179,6 +190,8 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
                        stages.started)
     summary["predictions_from_cache"] = None if cached is None else str(cache.entry(key))
     summary["dataset_classes_not_in_model"] = unmatched  # their samples counted as unlabelled
+    if recorder is not None:
+        summary["metrics"] = {"names": cfg.metrics, "steps": cfg.metrics_steps, "per_technique": recorder.summary()}
     if cfg.report:
         write_report(run_dir.root, summary)
     stages.finish("done")
@@ -188,10 +201,14 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     return RunResult(run_dir.root, summary, records)
 
 
+def techniques_context(cfg: RunConfig, loaded: LoadedModel, layers: list[str]) -> TechniqueContext:
+    return TechniqueContext(loaded.module, layers, cfg.technique, cfg.amp, loaded.preprocess.mean,
+                            loaded.preprocess.std, cfg.seed)
+
+
 def _techniques(cfg: RunConfig, loaded: LoadedModel, layers: list[str], device: torch.device) -> list[Technique]:
     """The run's techniques, each checked against the model on one blank input before any heavy work."""
-    context = TechniqueContext(loaded.module, layers, cfg.technique, cfg.amp, loaded.preprocess.mean,
-                               loaded.preprocess.std, cfg.seed)
+    context = techniques_context(cfg, loaded, layers)
     techniques = [build_technique(name, context) for name in cfg.techniques]
     size = loaded.preprocess.input_size
     example = torch.zeros((1, 3, size, size), device=device)

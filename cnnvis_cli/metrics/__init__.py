@@ -1,0 +1,157 @@
+"""Metrics of the heatmaps themselves, computed in the explanation stage for every (sample, target,
+technique) row: faithfulness (`faithfulness.py`) and, where the dataset gives boxes, localisation
+(`localisation.py`). `metrics=[deletion,insertion,drop,pointing,energy]` picks them; each row goes to
+`metrics.csv` as its batch finishes, and the averages per technique to `summary.json` and the report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnvis_cli.metrics.faithfulness import faithfulness
+from cnnvis_cli.metrics.localisation import (
+    POINTING_TOLERANCE,
+    box_masks,
+    energy_inside,
+    nearer_first,
+    parse_box,
+    pointing_hits,
+    to_input_box,
+)
+from cnnvis_cli.models import Preprocess
+from cnnvis_cli.run_dir import CsvStream
+from cnnvis_cli.techniques.baselines import baseline_images
+
+METRICS: dict[str, str] = {
+    "deletion": "area under the deletion curve: pixels removed in the map's order (lower is more faithful)",
+    "insertion": "area under the insertion curve: pixels restored in the map's order (higher is more faithful)",
+    "drop": "average drop and increase in confidence when only the map's region is kept",
+    "pointing": "pointing game: the map's peak inside the object's box (datasets with boxes)",
+    "energy": "share of the map's mass inside the object's box (datasets with boxes)",
+}
+BOX_COLUMNS = {"object": "object_box", "cue": "cue_box"}  # dataset columns holding boxes; the demo has both
+ROW_COLUMNS = ["index", "sample_id", "technique", "target", "target_class", "correct"]
+
+
+def metric_columns(names: list[str], has_cue: bool) -> list[str]:
+    columns = []
+    for name in names:
+        if name in ("deletion", "insertion"):
+            columns.append(f"{name}_auc")
+        elif name == "drop":
+            columns += ["drop", "increase"]
+        else:
+            columns += [f"{name}_{box}" for box in BOX_COLUMNS if box == "object" or has_cue]
+            if name == "pointing" and has_cue:
+                columns.append("nearer_cue")  # the peak nearer the mark than the object
+    return columns
+
+
+@dataclass(frozen=True)
+class RowInfo:
+    """Who one row of a batch is: the sample, the target explained, and whether the prediction was right."""
+
+    index: int
+    sample_id: str
+    role: str
+    target_class: str
+    correct: bool | None  # None when unlabelled
+
+
+class MetricRecorder:
+    """Computes the chosen metrics batch by batch, streams them to a CSV and keeps them for the averages."""
+
+    def __init__(self, names: list[str], steps: int, preprocess: Preprocess, batch_size: int, csv: CsvStream,
+                 has_cue: bool) -> None:
+        self.names, self.steps, self.preprocess, self.batch_size = names, steps, preprocess, batch_size
+        self.csv = csv
+        self.columns = metric_columns(names, has_cue)
+        self.rows: list[dict[str, Any]] = []
+
+    @staticmethod
+    def header(names: list[str], has_cue: bool) -> list[str]:
+        return ROW_COLUMNS + metric_columns(names, has_cue)
+
+    def record(self, technique: str, model: nn.Module, images: torch.Tensor, image_rows: torch.Tensor,
+               targets: torch.Tensor, maps: torch.Tensor, infos: list[RowInfo],
+               extras: list[dict[str, str]]) -> None:
+        """Score the R maps of one technique on one batch (`images` normalised, B x 3 x H x W)."""
+        values: dict[str, torch.Tensor] = {}
+        if {"deletion", "insertion", "drop"} & set(self.names):
+            mean, std = self.preprocess.mean, self.preprocess.std
+            result = faithfulness(model, images, image_rows, targets, maps, steps=self.steps,
+                                  black=baseline_images("black", images, mean, std),
+                                  blurred=baseline_images("blurred", images, mean, std),
+                                  mean=mean, std=std, batch_size=self.batch_size)
+            values |= {"deletion_auc": result.deletion_auc, "insertion_auc": result.insertion_auc,
+                       "drop": result.drop, "increase": result.increase.float()}
+        tolerance = POINTING_TOLERANCE * maps.shape[-1]
+        found = {}
+        for box_name, column in BOX_COLUMNS.items():
+            boxes = self._boxes(extras, column, image_rows, maps)
+            if boxes is None:
+                continue
+            found[box_name] = boxes
+            table, known = boxes
+            masks = box_masks(table, *maps.shape[-2:])
+            values[f"pointing_{box_name}"] = torch.where(known, pointing_hits(maps, table, tolerance), torch.nan)
+            values[f"energy_{box_name}"] = torch.where(known, energy_inside(maps, masks), torch.nan)
+        if {"cue", "object"} <= set(found):
+            (cue, cue_known), (thing, thing_known) = found["cue"], found["object"]
+            values["nearer_cue"] = torch.where(cue_known & thing_known, nearer_first(maps, cue, thing), torch.nan)
+        table = {name: value.float().cpu().tolist() for name, value in values.items() if name in self.columns}
+        for row, info in enumerate(infos):
+            entry = {"technique": technique, "role": info.role, "correct": info.correct,
+                     **{name: table[name][row] for name in table}}
+            self.rows.append(entry)
+        self.csv.write(
+            [info.index, info.sample_id, technique, info.role, info.target_class,
+             "" if info.correct is None else int(info.correct),
+             *(_number(table[name][row]) if name in table else "" for name in self.columns)]
+            for row, info in enumerate(infos))
+
+    def _boxes(self, extras: list[dict[str, str]], column: str, image_rows: torch.Tensor,
+               maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """R x 4 boxes of the rows in input pixels, and which rows have a box; None when no image of the
+        batch has one."""
+        per_image = []
+        for extra in extras:
+            box = parse_box(extra.get(column, ""))
+            size = tuple(int(side) for side in extra.get("original_size", "").split())
+            per_image.append(None if box is None or len(size) != 2 else to_input_box(box, size, self.preprocess))
+        if all(box is None for box in per_image):
+            return None
+        known = torch.tensor([box is not None for box in per_image], device=maps.device)[image_rows]
+        table = torch.tensor([box or (0.0, 0.0, 0.0, 0.0) for box in per_image], device=maps.device)
+        return table[image_rows], known
+
+    def summary(self) -> dict[str, dict[str, dict[str, float | int]]]:
+        """Per technique, the means over all rows, and over the predicted-class maps of correct and of wrong
+        predictions (NaN values, such as empty maps, left out)."""
+        groups: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+        for row in self.rows:
+            technique_groups = groups[row["technique"]]
+            technique_groups["all maps"].append(row)
+            if "pred" in row["role"].split("+") and row["correct"] is not None:
+                technique_groups["predicted class, correct" if row["correct"] else "predicted class, wrong"].append(row)
+        return {technique: {group: _means(rows, self.columns) for group, rows in by_group.items()}
+                for technique, by_group in groups.items()}
+
+
+def _means(rows: list[dict[str, Any]], columns: list[str]) -> dict[str, float | int]:
+    means: dict[str, float | int] = {"maps": len(rows)}
+    for column in columns:
+        values = [row[column] for row in rows if column in row and not math.isnan(row[column])]
+        if values:
+            means[column] = round(sum(values) / len(values), 4)
+    return means
+
+
+def _number(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.6f}"

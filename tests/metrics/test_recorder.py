@@ -1,0 +1,54 @@
+"""Metrics in a run: every map scored, streamed to metrics.csv, averaged per technique in summary.json."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+from helpers import run_config
+
+from cnnvis_cli.errors import UserError
+from cnnvis_cli.pipeline import run
+
+ALL = "metrics=[deletion,insertion,drop,pointing,energy]"
+
+
+def test_every_map_is_scored_and_averaged(tmp_path: Path) -> None:
+    result = run(run_config("dataset.limit=150", "technique=[gradcam,eigencam]", ALL, "metrics_steps=5"), tmp_path)
+    with (tmp_path / "metrics.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == result.summary["heatmaps"] > 0
+    assert {"deletion_auc", "insertion_auc", "drop", "increase", "pointing_object", "pointing_cue", "nearer_cue",
+            "energy_object", "energy_cue"} <= set(rows[0])
+    per_technique = result.summary["metrics"]["per_technique"]
+    for technique in ("gradcam", "eigencam"):
+        mine = [row for row in rows if row["technique"] == technique]
+        averages = per_technique[technique]["all maps"]
+        assert averages["maps"] == len(mine)
+        deletion = [float(row["deletion_auc"]) for row in mine]
+        assert averages["deletion_auc"] == pytest.approx(sum(deletion) / len(deletion), abs=1e-4)
+        assert all(0 <= value <= 1 for value in deletion)
+        wrong = per_technique[technique]["predicted class, wrong"]
+        assert wrong["maps"] == sum(row["correct"] == "0" and "pred" in row["target"] for row in mine)
+
+
+def test_no_metrics_no_file(tmp_path: Path) -> None:
+    result = run(run_config("dataset.limit=30"), tmp_path)
+    assert not (tmp_path / "metrics.csv").exists() and "metrics" not in result.summary
+
+
+def test_an_unknown_metric_names_the_close_one() -> None:
+    with pytest.raises(UserError, match="unknown metric 'delition'; did you mean deletion"):
+        run_config("metrics=[delition]")
+
+
+def test_on_the_shipped_demo_the_maps_of_wrong_predictions_point_at_the_cue(tmp_path: Path) -> None:
+    """The demo model follows a corner mark; Grad-CAM's maps of its wrong predictions must say so."""
+    result = run(run_config("technique=gradcam", "selection=incorrect", "targets=[pred]", "metrics=[pointing]",
+                            "render.panels=false", "report=false"), tmp_path)
+    wrong = result.summary["metrics"]["per_technique"]["gradcam"]["predicted class, wrong"]
+    assert wrong["maps"] == 90
+    assert wrong["nearer_cue"] >= 0.7  # measured: 0.73
+    assert not math.isnan(wrong["pointing_object"])
