@@ -138,23 +138,36 @@ def forward_backward_to_input(model: nn.Module, images: torch.Tensor, targets: t
         torch.autograd.grad(model(inputs).gather(1, targets[:, None]).sum(), inputs)
 
 
-def measure_limits(case: Case, targets: torch.Tensor, pass_batch: int, device: torch.device,
-                   repeats: int) -> dict[str, float]:
-    """Seconds per image of each limit: at the fast batch, and at the pass batch (many-pass techniques)."""
-    model, layer = case.model, dict(case.model.named_modules())[case.layer]
-    batch = len(case.images)
-    passes = case.images[torch.arange(pass_batch, device=device) % batch]
-    pass_targets = targets[torch.arange(pass_batch, device=device) % batch]
-    return {
-        "forward": median_seconds(lambda: forward_only(model, case.images), device, repeats) / batch,
-        "forward+layer backward": median_seconds(
-            lambda: forward_backward_to_layer(model, layer, case.images, targets), device, repeats) / batch,
-        "forward+input backward": median_seconds(
-            lambda: forward_backward_to_input(model, case.images, targets), device, repeats) / batch,
-        "pass forward": median_seconds(lambda: forward_only(model, passes), device, repeats) / pass_batch,
-        "pass forward+input backward": median_seconds(
-            lambda: forward_backward_to_input(model, passes, pass_targets), device, repeats) / pass_batch,
-    }
+class Limits:
+    """Seconds per image of each limit, at the fast batch and at the pass batch (many-pass techniques),
+    measured when first asked for: a fresh `Limits` per technique measures its limit just before it runs,
+    so the machine's drift over a long benchmark does not enter the ratio."""
+
+    def __init__(self, case: Case, targets: torch.Tensor, pass_batch: int, device: torch.device,
+                 repeats: int) -> None:
+        model, layer = case.model, dict(case.model.named_modules())[case.layer]
+        batch = len(case.images)
+        passes = case.images[torch.arange(pass_batch, device=device) % batch]
+        pass_targets = targets[torch.arange(pass_batch, device=device) % batch]
+        self.work: dict[str, tuple[Callable[[], None], int]] = {
+            "forward": (lambda: forward_only(model, case.images), batch),
+            "forward+layer backward": (lambda: forward_backward_to_layer(model, layer, case.images, targets), batch),
+            "forward+input backward": (lambda: forward_backward_to_input(model, case.images, targets), batch),
+            "pass forward": (lambda: forward_only(model, passes), pass_batch),
+            "pass forward+input backward": (lambda: forward_backward_to_input(model, passes, pass_targets),
+                                            pass_batch),
+        }
+        self.device, self.repeats = device, repeats
+        self.measured: dict[str, float] = {}
+
+    def __getitem__(self, name: str) -> float:
+        if name not in self.measured:
+            work, images = self.work[name]
+            self.measured[name] = median_seconds(work, self.device, self.repeats) / images
+        return self.measured[name]
+
+    def all(self) -> dict[str, float]:
+        return {name: self[name] for name in self.work}
 
 
 # --- cnnvis techniques and their limits -----------------------------------------------------------------
@@ -167,7 +180,7 @@ class Setting:
     label: str
     options: dict[str, Any]
     many: bool  # runs on the small batch, once
-    limit: Callable[[dict[str, float], int], float]  # (limits, channels scored) -> seconds per (image, target)
+    limit: Callable[[Limits, int], float]  # (limits, channels scored) -> seconds per (image, target)
 
 
 def settings(args: argparse.Namespace, size: int) -> list[Setting]:
@@ -319,14 +332,14 @@ def _captum(technique: str, case: Case, pass_batch: int, args: argparse.Namespac
 
 def comparable(name: str, explanation) -> torch.Tensor:
     """cnnvis's maps in the form the references give: signed sums for signed methods, else the maps."""
-    if explanation.signed is not None and name not in ("saliency",):
+    if explanation.signed is not None and name not in ("saliency", "smoothgrad"):  # these two: |gradient| maps
         return explanation.signed
     return explanation.maps
 
 
 # --- sections -------------------------------------------------------------------------------------------
 
-def run_techniques(case: Case, args: argparse.Namespace, device: torch.device, limits: dict[str, float],
+def run_techniques(case: Case, args: argparse.Namespace, device: torch.device, fast_targets: torch.Tensor,
                    with_references: bool) -> list[dict[str, Any]]:
     rows = []
     measured: dict[tuple[str, str], tuple[float, torch.Tensor]] = {}  # (technique, library) -> seconds, maps
@@ -346,12 +359,13 @@ def run_techniques(case: Case, args: argparse.Namespace, device: torch.device, l
             nonlocal explanation
             explanation = technique.explain(images, image_rows, targets)
 
-        seconds = median_seconds(work, device, repeats, warm_up) / len(images)
         scored = channels_scored(case, images, setting.options.get("max_channels")) \
             if setting.technique in ("scorecam", "ablationcam") else 0
-        limit = setting.limit(limits, scored)
+        limits = Limits(case, fast_targets, args.pass_batch, device, args.repeats)
+        limit = setting.limit(limits, scored)  # measured now, just before the technique
+        seconds = median_seconds(work, device, repeats, warm_up) / len(images)
         row: dict[str, Any] = {"technique": setting.label, "seconds": seconds, "limit": limit,
-                               "x_limit": seconds / limit, "references": {}}
+                               "x_limit": seconds / limit, "limits measured": limits.measured, "references": {}}
         if scored:
             row["channels_scored"] = scored
         if setting.label == "scorecam (all channels)":
@@ -601,14 +615,14 @@ def main() -> None:
             print(f"\n{name} ({case.layer}), batch {len(case.images)}", flush=True)
             with torch.no_grad():
                 targets = case.model(case.images).argmax(dim=1)
-            limits = measure_limits(case, targets, args.pass_batch, device, args.repeats)
+            limits = Limits(case, targets, args.pass_batch, device, args.repeats).all()
             model_result["limits"] = limits
             print("  limits, s per image: " + ", ".join(f"{k} {v:.4g}" for k, v in limits.items()), flush=True)
             if "inference" in sections:
                 model_result["inference"] = inference_stage(case, args, device, workdir)
             if "techniques" in sections or "references" in sections:
                 print(TECHNIQUE_HEADER, flush=True)
-                model_result["techniques"] = run_techniques(case, args, device, limits, "references" in sections)
+                model_result["techniques"] = run_techniques(case, args, device, targets, "references" in sections)
             if name == "demo" and "techniques" in sections and (not args.only or "scorecam" in args.only):
                 model_result["scorecam_agreement"] = exact_agreement(case, args)
                 print(f"  Score-CAM max_channels=K vs exact: {model_result['scorecam_agreement']}", flush=True)

@@ -19,7 +19,7 @@ from cnnvis_cli import __version__
 from cnnvis_cli.errors import UserError, first_line, unknown_name
 
 GROUPS = ("model", "dataset", "selection", "technique")
-LISTABLE = ("models", "techniques", "datasets", "selections", "layers", "metrics")
+LISTABLE = ("models", "techniques", "datasets", "selections", "layers", "metrics", "analyses")
 USAGE = f"""usage: cnnvis COMMAND [ARGS]
 
 commands:
@@ -303,6 +303,12 @@ def _list(argv: list[str]) -> int:
         _print_table([(name, technique.summary) for name, technique in TECHNIQUES.items()] + list(PRESETS.items()))
         print("\ncost per image and target:")
         _print_table([(name, technique.cost) for name, technique in TECHNIQUES.items()])
+        return 0
+    if what == "analyses":
+        from cnnvis_cli.patterns import ANALYSES
+
+        _print_table(list(ANALYSES.items()))
+        print("\nanalysis=[groups,confusions,classes] adds them to a run (patterns/, summary.json, report)")
         return 0
     if what == "metrics":
         from cnnvis_cli.metrics import METRICS

@@ -162,6 +162,8 @@ class RunConfig:
     explain_batch_size: int = 16  # images per batch in the explanation stage
     metrics: list[str] = field(default_factory=list)  # heatmap metrics: deletion, insertion, drop, pointing, energy
     metrics_steps: int = 20  # deletion and insertion: points on each curve after the start
+    analysis: list[str] = field(default_factory=list)  # what the failures share: groups, confusions, classes
+    analysis_groups: int | None = None  # groups of maps; null: chosen by silhouette from 2 to 8
     save_maps: bool = False
     stdout: str = "path"  # path: print the run directory; jsonl: one JSON object per selected sample
     progress: bool = True
@@ -195,6 +197,7 @@ def load_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
 def check_run_config(cfg: RunConfig) -> None:
     """The rules a schema cannot express: ranges and known names."""
     from cnnvis_cli.metrics import METRICS
+    from cnnvis_cli.patterns import ANALYSES
     from cnnvis_cli.selection import CRITERIA
     from cnnvis_cli.techniques import TECHNIQUES
 
@@ -243,6 +246,7 @@ def check_run_config(cfg: RunConfig) -> None:
         ("selection.max_samples", cfg.selection.max_samples),
         ("selection.per_class_max", cfg.selection.per_class_max),
         ("technique.max_channels", cfg.technique.max_channels),
+        ("analysis_groups", cfg.analysis_groups),
     ):
         if optional is not None and optional < 1:
             raise UserError(f"{key}={optional} must be at least 1, or null for no limit")
@@ -266,6 +270,9 @@ def check_run_config(cfg: RunConfig) -> None:
     for name in cfg.metrics:
         if name not in METRICS:
             raise unknown_name("metric", name, METRICS, "cnnvis list metrics")
+    for name in cfg.analysis:
+        if name not in ANALYSES:
+            raise unknown_name("analysis", name, ANALYSES, "cnnvis list analyses")
     if not cfg.targets:
         raise UserError("targets is empty; use for example targets=[pred,true]")
 

@@ -23,6 +23,7 @@ from cnnvis_cli.memory import Halving, release_freed_memory
 from cnnvis_cli.metrics import MetricRecorder, RowInfo
 from cnnvis_cli.models import Preprocess
 from cnnvis_cli.panels import PanelContent, Tile, render_panel, to_original, zoom_box
+from cnnvis_cli.patterns import MapCollector, MapEntry
 from cnnvis_cli.progress import progress_bar
 from cnnvis_cli.render import colormap_lut, diverging_lut, encode_png, overlay, signed_overlay
 from cnnvis_cli.run_dir import RunDir, panel_path, safe_name
@@ -63,10 +64,10 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                   techniques: list[Technique], parsed_targets: list[str | int], class_names: list[str],
                   preprocess: Preprocess, device: torch.device, run_dir: RunDir, options: RenderOptions,
                   source: Source | None = None, show_progress: bool = True,
-                  recorder: MetricRecorder | None = None) -> list[Explained]:
+                  recorder: MetricRecorder | None = None, collector: MapCollector | None = None) -> list[Explained]:
     """Maps and overlays for every case, technique and target (and a panel per case when asked, which
-    re-reads the original from `source` for its zooms), scoring every map with `recorder` when given;
-    returns what was written per case."""
+    re-reads the original from `source` for its zooms), scoring every map with `recorder` and keeping the
+    predicted-class maps in `collector` when given; returns what was written per case."""
     case_of_index = {int(predictions.indices[case.row]): case for case in cases}
     explained = {case.row: Explained(case) for case in cases}
     lut = colormap_lut(options.colormap, device)
@@ -106,6 +107,9 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                 pictures = pictures.cpu().numpy()
                 raw = raw_maps.cpu().numpy() if options.save_maps else None
                 drawn.append((technique, pictures, explanation.maps.cpu().numpy() if options.panels else None))
+                if collector is not None:
+                    _collect(collector, technique.name, explanation.maps, rows, batch, batch_cases, predictions,
+                             class_names)
                 for row, (position, target) in enumerate(rows):
                     case = batch_cases[position]
                     path, map_path = output_paths(technique.name, batch.indices[position], case, target,
@@ -131,6 +135,23 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                         predicted_correct=bool(predictions.correct[case.row]))))
             bar.advance(task, len(batch.indices))
     return [explained[case.row] for case in cases]
+
+
+def _collect(collector: MapCollector, technique: str, maps: torch.Tensor, rows: list[tuple[int, Target]],
+             batch: Batch, batch_cases: list[Case], predictions: Predictions, class_names: list[str]) -> None:
+    """Keep the predicted-class maps of a batch for the patterns across samples."""
+    chosen, entries = [], []
+    for row, (position, target) in enumerate(rows):
+        if "pred" not in target.role.split("+"):
+            continue
+        case = batch_cases[position]
+        label = int(predictions.labels[case.row])
+        chosen.append(row)
+        entries.append(MapEntry(
+            technique, batch.indices[position], predictions.sample_ids[case.row], class_name(class_names, label),
+            class_names[target.class_index], bool(predictions.correct[case.row]) if label != UNLABELLED else None,
+            output_paths(technique, batch.indices[position], case, target, predictions, class_names)[0]))
+    collector.add(maps[chosen], entries)
 
 
 def _row_infos(rows: list[tuple[int, Target]], batch: Batch, batch_cases: list[Case], predictions: Predictions,

@@ -43,6 +43,7 @@ from cnnvis_cli.inference import (
 )
 from cnnvis_cli.metrics import MetricRecorder
 from cnnvis_cli.models import LoadedModel, load_model, resolve_target_layer
+from cnnvis_cli.patterns import MapCollector, find_patterns
 from cnnvis_cli.report import write_report
 from cnnvis_cli.run_dir import RunDir
 from cnnvis_cli.selection import Selection, select
@@ -164,15 +165,16 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
 
     options = RenderOptions(cfg.render.colormap, cfg.render.alpha, cfg.save_maps, cfg.render.panels, cfg.render.zoom,
                             cfg.render.zoom_threshold, cfg.render.topn, cfg.render.panel_size)
-    # metrics are kept in memory for the averages, so a resumed run with metrics explains every sample again
+    # metrics and maps for the analyses are kept in memory, so a resumed run with either explains every sample
     done = already_written(selection.cases, predictions, [t.name for t in techniques], parsed_targets, class_names,
-                           run_dir, options) if cfg.resume and not cfg.metrics else {}
+                           run_dir, options) if cfg.resume and not (cfg.metrics or cfg.analysis) else {}
     if done:
         log.info("resuming: %d of %d selected samples already explained", len(done), len(selection.cases))
     todo = [case for case in selection.cases if case.row not in done]
     has_cue = "cue_box" in source.extra_columns
     with ExitStack() as stack:
         recorder = None
+        collector = MapCollector() if cfg.analysis else None
         if cfg.metrics:
             csv = stack.enter_context(run_dir.csv_stream("metrics.csv", MetricRecorder.header(cfg.metrics, has_cue)))
             recorder = MetricRecorder(cfg.metrics, cfg.metrics_steps, loaded.preprocess,
@@ -180,7 +182,7 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
         fresh = explain_cases(
             loader([int(predictions.indices[case.row]) for case in todo], cfg.explain_batch_size), todo,
             predictions, techniques, parsed_targets, class_names, loaded.preprocess, device, run_dir, options,
-            source=source, show_progress=cfg.progress, recorder=recorder,
+            source=source, show_progress=cfg.progress, recorder=recorder, collector=collector,
         ) if todo else []
     by_row = {**done, **{item.case.row: item for item in fresh}}
     explained = [by_row[case.row] for case in selection.cases]
@@ -192,6 +194,9 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     summary["dataset_classes_not_in_model"] = unmatched  # their samples counted as unlabelled
     if recorder is not None:
         summary["metrics"] = {"names": cfg.metrics, "steps": cfg.metrics_steps, "per_technique": recorder.summary()}
+    if collector is not None:
+        summary["patterns"] = find_patterns(collector, [t.name for t in techniques], cfg.analysis, cfg.analysis_groups,
+                                            cfg.seed, lambda path, data: (run_dir.write_bytes(path, data), path)[1])
     if cfg.report:
         write_report(run_dir.root, summary)
     stages.finish("done")

@@ -40,6 +40,10 @@ th { background: #f4f4f4; } td.n { text-align: right; font-variant-numeric: tabu
 #viewer img { max-width: 94vw; max-height: 90vh; display: block; }
 #viewer::backdrop { background: rgba(0, 0, 0, 0.7); }
 a.confusion { cursor: pointer; }
+.group { display: flex; gap: 12px; align-items: flex-start; margin: 10px 0; }
+.group img.mean, .means img { width: 128px; height: 128px; }
+img.thumb { width: 72px; height: 72px; margin: 0 4px 4px 0; }
+.means { display: flex; flex-wrap: wrap; gap: 12px; } .means figure { margin: 0; font-size: 12px; width: 128px; }
 """
 
 SCRIPT = """
@@ -159,6 +163,87 @@ def _confusions(predictions: list[dict[str, str]]) -> str:
     return f"<ol>{items}</ol>"
 
 
+METRIC_HEADINGS = {  # summary.json key -> column heading, with the direction that is better
+    "deletion_auc": "deletion AUC (lower is better)",
+    "insertion_auc": "insertion AUC (higher is better)",
+    "drop": "average drop (lower is better)",
+    "increase": "increase in confidence (higher is better)",
+    "pointing_object": "pointing game on the object",
+    "energy_object": "energy in the object's box",
+    "pointing_cue": "pointing game on the cue",
+    "nearer_cue": "peak nearer the cue than the object",
+    "energy_cue": "energy in the cue's box",
+}
+
+
+def _metrics(summary: dict[str, Any]) -> str:
+    """The heatmap metrics per technique and group of maps, when the run computed them."""
+    per_technique = summary.get("metrics", {}).get("per_technique", {})
+    if not per_technique:
+        return ""
+    keys = [key for key in METRIC_HEADINGS
+            if any(key in group for groups in per_technique.values() for group in groups.values())]
+    head = "".join(f"<th>{escape(METRIC_HEADINGS[key])}</th>" for key in keys)
+    lines = "".join(
+        f'<tr><td>{escape(technique)}</td><td>{escape(group)}</td><td class="n">{values.get("maps", 0)}</td>'
+        + "".join(f'<td class="n">{values[key]:.3f}</td>' if key in values else "<td></td>" for key in keys)
+        + "</tr>"
+        for technique, groups in per_technique.items() for group, values in groups.items()
+    )
+    return ('<h2>Can these heatmaps be trusted?</h2><p class="facts">Means over the maps of each technique '
+            "(metrics.csv has one row per map).</p>"
+            f"<table><tr><th>technique</th><th>which maps</th><th>maps</th>{head}</tr>{lines}</table>")
+
+
+THUMBNAILS = 12
+
+
+def _figure(image: str, caption: str) -> str:
+    text = escape(caption)
+    return f'<figure><img src="{escape(image)}" alt="{text}"><figcaption>{text}</figcaption></figure>'
+
+
+def _outcome(item: dict[str, Any], outcome: str) -> str:
+    if outcome not in item:
+        return "<td></td>"
+    count = item[outcome]["count"]
+    return f'<td>{_figure(item[outcome]["image"], f"{outcome} ({count})")}</td>'
+
+
+def _patterns(summary: dict[str, Any]) -> str:
+    """Groups of samples by where the model looked, and mean maps per confusion and per class."""
+    patterns = summary.get("patterns", {})
+    if not patterns:
+        return ""
+    parts = ['<h2>What the failures have in common</h2><p class="facts">Built from the predicted-class map of '
+             "every explained sample; pictures are mean maps (red: where the model looked most).</p>"]
+    for technique, found in patterns.items():
+        parts.append(f"<h3>{escape(technique)}</h3>")
+        for group in found.get("groups", []):
+            thumbs = "".join(
+                f'<a href="{escape(member["overlay"])}"><img class="thumb" src="{escape(member["overlay"])}" '
+                f'loading="lazy" alt="sample {member["index"]}" title="#{member["index"]} true '
+                f'{escape(member["true"] or "unlabelled")}, predicted {escape(member["predicted"])}"></a>'
+                for member in group["members"][:THUMBNAILS])
+            more = group["size"] - min(group["size"], THUMBNAILS)
+            x, y = group["peak"]
+            parts.append(
+                f'<div class="group"><img class="mean" src="{escape(group["image"])}" alt="mean map of group '
+                f'{group["group"]}"><div><b>group {group["group"] + 1}</b>: {group["size"]} samples, '
+                f'{group["wrong"]} wrong; looks most at {x:.0%} across, {y:.0%} down'
+                f'{f" ({more} more in patterns/groups.csv)" if more else ""}<br>{thumbs}</div></div>')
+        if found.get("confusions"):
+            parts.append('<p>Mean map per confusion:</p><div class="means">' + "".join(
+                _figure(item["image"], f'{item["true"]} \u2192 {item["predicted"]} ({item["count"]})')
+                for item in found["confusions"]) + "</div>")
+        if found.get("classes"):
+            rows = "".join(f'<tr><td>{escape(item["class"])}</td>{_outcome(item, "correct")}'
+                           f'{_outcome(item, "wrong")}</tr>' for item in found["classes"])
+            parts.append("<p>Mean map per true class:</p><table><tr><th>true class</th><th>correct predictions"
+                         f"</th><th>wrong predictions</th></tr>{rows}</table>")
+    return "".join(parts)
+
+
 def _facts(summary: dict[str, Any]) -> str:
     accuracy = summary.get("accuracy")
     by_reason = summary.get("selection", {}).get("selected_by_reason", {})
@@ -197,6 +282,8 @@ def write_report(run: Path, summary: dict[str, Any] | None = None) -> Path:
 <h1>Why the model fails: {escape(model)} on {escape(dataset)}</h1>
 <p class="facts">{_facts(summary)}</p>
 <h2>Most frequent confusions (true &rarr; predicted)</h2>{_confusions(predictions)}
+{_metrics(summary)}
+{_patterns(summary)}
 <h2 id="gallery-title">Selected samples (<span id="shown">{len(selected)}</span> shown of {len(selected)})</h2>
 <div class="controls">
 <label>reason<select id="reason"><option value="">any</option>{_options(reasons)}</select></label>
@@ -230,6 +317,29 @@ def _overrides(job: Path) -> str:
     if not path.is_file():
         return ""
     return " ".join(line.removeprefix("- ").strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def _ranking(jobs: list[Path], summaries: list[dict[str, Any]]) -> str:
+    """The sweep's techniques ranked by faithfulness on this model and data, when the jobs measured it."""
+    entries = []
+    for job, summary in zip(jobs, summaries, strict=True):
+        for technique, groups in summary.get("metrics", {}).get("per_technique", {}).items():
+            values = groups.get("all maps", {})
+            if "deletion_auc" in values or "insertion_auc" in values:
+                entries.append((job, technique, values))
+    if not entries:
+        return ""
+    entries.sort(key=lambda entry: entry[2].get("insertion_auc", 0) - entry[2].get("deletion_auc", 0), reverse=True)
+    keys = [key for key in METRIC_HEADINGS if any(key in values for _, _, values in entries)]
+    head = "".join(f"<th>{escape(METRIC_HEADINGS[key])}</th>" for key in keys)
+    lines = "".join(
+        f'<tr><td>{rank}</td><td>{escape(technique)}</td><td>{escape(job.name)}</td>'
+        + "".join(f'<td class="n">{values[key]:.3f}</td>' if key in values else "<td></td>" for key in keys)
+        + "</tr>"
+        for rank, (job, technique, values) in enumerate(entries, start=1)
+    )
+    return ("<h2>Techniques ranked by faithfulness (insertion AUC minus deletion AUC, all maps)</h2>"
+            f"<table><tr><th>rank</th><th>technique</th><th>job</th>{head}</tr>{lines}</table>")
 
 
 def write_sweep_report(folder: Path) -> Path:
@@ -269,6 +379,7 @@ def write_sweep_report(folder: Path) -> Path:
 <h1>Sweep {escape(str(folder))}: {len(jobs)} jobs</h1>
 <table><tr><th>job</th><th>overrides</th><th>techniques</th><th>accuracy</th><th>selected</th><th>seconds</th></tr>
 {rows}</table>
+{_ranking(jobs, summaries)}
 <h2>The samples every job selected ({len(shared)}), side by side</h2>
 <table><tr><th>sample</th>{header}</tr>{"".join(lines)}</table>
 </body></html>

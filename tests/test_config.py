@@ -73,6 +73,9 @@ def test_users_own_option_file_is_found_and_checked_by_the_schema(tmp_path: Path
     ("selection.criteria=[incorect]", r"unknown selection criterion 'incorect'; did you mean incorrect"),
     ("selection.order=random_", r"selection.order=random_ is not valid; did you mean random"),
     ("dataset.batch_size=0", r"dataset.batch_size=0 must be at least 1"),
+    ("technique.batch_size=0", r"technique.batch_size=0 must be at least 1, or null for the device.s default"),
+    ("metrics_steps=0", r"metrics_steps=0 must be at least 1"),
+    ("dataset.num_workers=-1", r"dataset.num_workers=-1 must be 0 or more"),
     ("device=gpu", r"device=gpu is not valid"),
 ])
 def test_invalid_values_are_one_line_user_errors(override: str, message: str) -> None:

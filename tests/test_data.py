@@ -140,3 +140,12 @@ def test_torchvision_dataset_not_downloaded_says_how_to_fetch_it(tmp_path: Path)
 def test_unknown_dataset_suggests_close_names() -> None:
     with pytest.raises(UserError, match="unknown dataset 'imagefoldr'; did you mean imagefolder"):
         open_source(DatasetConfig(name="imagefoldr"))
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 0), (2, 0), (4, 2), (6, 4), (16, 4)])
+def test_default_workers_use_only_spare_cores(monkeypatch: pytest.MonkeyPatch, cores: int, workers: int) -> None:
+    from cnnvis_cli import data
+
+    monkeypatch.setattr(data.os, "cpu_count", lambda: cores)
+    assert data.loader_workers(None) == workers
+    assert data.loader_workers(3) == 3  # a number the user set is kept

@@ -91,3 +91,31 @@ def test_cnnvis_report_on_a_run_and_on_a_two_job_sweep(tmp_path: Path) -> None:
     missing = cnnvis("report", str(tmp_path / "nothing-here"), cwd=tmp_path)
     assert missing.returncode == 2
     assert missing.stderr.strip() == f"cnnvis: error: no such folder: {tmp_path / 'nothing-here'}"
+
+
+def with_metrics(run: Path, technique: str, deletion: float, insertion: float) -> Path:
+    summary = json.loads((run / "summary.json").read_text())
+    summary["metrics"] = {"names": ["deletion", "insertion"], "steps": 20, "per_technique": {technique: {
+        "all maps": {"maps": 4, "deletion_auc": deletion, "insertion_auc": insertion},
+        "predicted class, wrong": {"maps": 2, "deletion_auc": deletion + 0.1, "nearer_cue": 0.75}}}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_metrics_table_per_technique_and_group(tmp_path: Path) -> None:
+    page = write_report(with_metrics(fake_run(tmp_path / "run"), "gradcam", 0.25, 0.5)).read_text()
+    assert "Can these heatmaps be trusted?" in page
+    assert ('<tr><td>gradcam</td><td>all maps</td><td class="n">4</td><td class="n">0.250</td>'
+            '<td class="n">0.500</td><td></td></tr>') in page
+    assert '<td>predicted class, wrong</td><td class="n">2</td><td class="n">0.350</td><td></td>' in page
+    assert "peak nearer the cue than the object" in page
+    assert "Can these heatmaps" not in write_report(fake_run(tmp_path / "plain")).read_text()
+
+
+def test_a_sweep_ranks_its_techniques_by_faithfulness(tmp_path: Path) -> None:
+    for job, (technique, deletion, insertion) in enumerate([("gradcam", 0.3, 0.6), ("eigencam", 0.2, 0.8)]):
+        with_metrics(fake_run(tmp_path / "sweep" / str(job)), technique, deletion, insertion)
+    page = build_report(tmp_path / "sweep").read_text()
+    ranking = page[page.index("Techniques ranked by faithfulness"):]
+    first, second = "<td>1</td><td>eigencam</td><td>1</td>", "<td>2</td><td>gradcam</td><td>0</td>"
+    assert ranking.index(first) < ranking.index(second)

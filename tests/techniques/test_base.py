@@ -157,3 +157,13 @@ def test_mixed_precision_only_where_low_precision_is_safe(tiny_net) -> None:
     mixed = {name for name in TECHNIQUES if build_technique(name, context).mixed_precision}
     assert mixed == {"scorecam", "eigencam", "rise"}
     assert not build_technique("scorecam", TechniqueContext(tiny_net, ["features"], small_options())).mixed_precision
+
+
+def test_inputs_per_pass_is_the_option_or_the_device_default(tiny_net) -> None:
+    from cnnvis_cli.config import TechniqueConfig
+    from cnnvis_cli.techniques.base import TechniqueContext, inputs_per_pass
+
+    assert inputs_per_pass(TechniqueContext(tiny_net, ["features"], TechniqueConfig())) == 8  # a CPU model
+    assert inputs_per_pass(TechniqueContext(tiny_net, ["features"], TechniqueConfig(batch_size=3))) == 3
+    if torch.cuda.is_available():
+        assert inputs_per_pass(TechniqueContext(tiny_net.cuda(), ["features"], TechniqueConfig())) == 64

@@ -1,0 +1,112 @@
+"""Where the model looks, grouped and averaged: k-means, the silhouette, the number of groups, the files."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnvis_cli.patterns import (
+    MAP_SIDE,
+    MapCollector,
+    MapEntry,
+    find_patterns,
+    group_maps,
+    kmeans,
+    mean_maps,
+    silhouette,
+)
+
+
+def spot_maps(corners: list[int], seed: int = 0) -> torch.Tensor:
+    """16 x 16 maps with a blob in one of four corners (0: top left, 1: top right, 2: bottom left, 3: bottom
+    right) plus a little noise."""
+    generator = torch.Generator().manual_seed(seed)
+    maps = torch.rand((len(corners), MAP_SIDE, MAP_SIDE), generator=generator) * 0.1
+    for row, corner in enumerate(corners):
+        top, left = (corner // 2) * 10, (corner % 2) * 10
+        maps[row, top:top + 5, left:left + 5] += 1
+    return maps
+
+
+def test_well_separated_groups_are_found_and_counted() -> None:
+    corners = [0] * 9 + [3] * 6 + [2] * 4
+    labels = group_maps(spot_maps(corners), None, seed=0)
+    assert labels.tolist() == [0] * 9 + [1] * 6 + [2] * 4  # three groups, numbered by size
+    assert group_maps(spot_maps(corners), 2, seed=0).unique().tolist() == [0, 1]  # a count that is set wins
+    assert group_maps(spot_maps([1, 1]), None, seed=0).tolist() == [0, 0]  # too few maps to split
+
+
+def test_kmeans_and_silhouette_agree_with_hand_computed_values() -> None:
+    points = torch.tensor([[0.0, 0.0], [0.0, 1.0], [10.0, 0.0], [10.0, 1.0]])
+    labels = kmeans(points, 2, seed=3)
+    assert labels[0] == labels[1] != labels[2] == labels[3]
+    # a = 1 for every point; b = mean of 10 and sqrt(101)
+    b = (10 + 101 ** 0.5) / 2
+    assert silhouette(points, labels) == pytest.approx((b - 1) / b)
+    assert silhouette(points, torch.zeros(4, dtype=torch.long)) == 0.0
+
+
+def test_mean_maps_per_key() -> None:
+    maps = torch.stack([torch.full((2, 2), value) for value in (1.0, 3.0, 10.0)])
+    means = mean_maps(maps, [("a",), ("a",), ("b",)], minimum=1)
+    assert float(means[("a",)][0][0, 0]) == 2.0 and means[("a",)][1] == 2
+    assert ("b",) not in mean_maps(maps, [("a",), ("a",), ("b",)], minimum=2)
+
+
+def test_find_patterns_writes_mean_maps_and_the_members_of_each_group(tmp_path: Path) -> None:
+    corners = [0] * 5 + [3] * 4
+    collector = MapCollector()
+    entries = [MapEntry("gradcam", index, f"s{index}", "oak" if corner == 0 else "elm",
+                        "building" if index % 2 else ("oak" if corner == 0 else "elm"), bool(index % 2 == 0),
+                        f"heatmaps/gradcam/{index}.png") for index, corner in enumerate(corners)]
+    collector.add(torch.nn.functional.interpolate(spot_maps(corners)[:, None], size=64)[:, 0], entries)
+
+    def write(path: str, data: bytes) -> str:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(data)
+        return path
+
+    found = find_patterns(collector, ["gradcam"], ["groups", "confusions", "classes"], None, 0, write)["gradcam"]
+    assert [group["size"] for group in found["groups"]] == [5, 4]
+    assert found["groups"][0]["peak"][0] < 0.5 and found["groups"][1]["peak"][0] > 0.5  # left, then right
+    assert all((tmp_path / group["image"]).read_bytes()[:4] == b"\x89PNG" for group in found["groups"])
+    with (tmp_path / "patterns" / "groups.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [int(row["group"]) for row in rows] == [1] * 5 + [2] * 4
+    assert {(item["true"], item["predicted"], item["count"]) for item in found["confusions"]} == {
+        ("oak", "building", 2), ("elm", "building", 2)}
+    oak = next(item for item in found["classes"] if item["class"] == "oak")
+    assert oak["correct"]["count"] == 3 and oak["wrong"]["count"] == 2
+
+
+def test_a_demo_run_with_every_analysis_writes_them_and_shows_them(tmp_path: Path) -> None:
+    from helpers import run_config
+
+    from cnnvis_cli.pipeline import run
+
+    result = run(run_config("dataset.limit=150", "technique=[gradcam,eigencam]",
+                            "analysis=[groups,confusions,classes]"), tmp_path)
+    patterns = result.summary["patterns"]
+    assert set(patterns) == {"gradcam", "eigencam"}
+    selected = result.summary["selection"]["selected"]
+    assert sum(group["size"] for group in patterns["gradcam"]["groups"]) == selected  # one map per sample
+    for found in patterns.values():
+        for item in found["groups"] + found["confusions"]:
+            assert (tmp_path / item["image"]).is_file()
+    page = (tmp_path / "report.html").read_text()
+    assert "What the failures have in common" in page
+    assert page.count('class="group"') == sum(len(found["groups"]) for found in patterns.values())
+    with (tmp_path / "patterns" / "groups.csv").open(newline="") as file:
+        assert len(list(csv.DictReader(file))) == 2 * selected
+
+
+def test_an_unknown_analysis_names_the_close_one() -> None:
+    from helpers import run_config
+
+    from cnnvis_cli.errors import UserError
+
+    with pytest.raises(UserError, match="unknown analysis 'group'; did you mean groups"):
+        run_config("analysis=[group]")
