@@ -520,7 +520,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"{results['machine']}; torch {results['versions']['torch']}, "
              f"torchvision {results['versions']['torchvision']}", f"`{results['command']}`", ""]
     for name, model in results["models"].items():
-        lines.append(f"### {name}: batch {model['batch']} (many-pass techniques: {model['few']} images, "
+        images = f"{model['few']} image" + ("s" if model["few"] != 1 else "")
+        lines.append(f"### {name}: batch {model['batch']} (many-pass techniques: {images}, "
                      f"{model['pass_batch']} inputs per pass)")
         if "limits" in model:
             lines.append("limits, s per image: " + ", ".join(f"{key} {value:.4g}"

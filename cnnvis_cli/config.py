@@ -164,6 +164,9 @@ class RunConfig:
     metrics_steps: int = 20  # deletion and insertion: points on each curve after the start
     analysis: list[str] = field(default_factory=list)  # what the failures share: groups, confusions, classes
     analysis_groups: int | None = None  # groups of maps; null: chosen by silhouette from 2 to 8
+    sanity: bool = False  # model-parameter randomisation test of every technique (sanity.csv, report)
+    sanity_samples: int = 16  # selected samples the sanity check explains
+    sanity_stages: int = 5  # cascade stages, from the top layer down to every layer
     save_maps: bool = False
     stdout: str = "path"  # path: print the run directory; jsonl: one JSON object per selected sample
     progress: bool = True
@@ -238,6 +241,8 @@ def check_run_config(cfg: RunConfig) -> None:
         ("technique.rise.grid", cfg.technique.rise.grid),
         ("render.topn", cfg.render.topn),
         ("metrics_steps", cfg.metrics_steps),
+        ("sanity_samples", cfg.sanity_samples),
+        ("sanity_stages", cfg.sanity_stages),
     ):
         if value < 1:
             raise UserError(f"{key}={value} must be at least 1")

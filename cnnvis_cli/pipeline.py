@@ -36,6 +36,7 @@ from cnnvis_cli.explain import Explained, RenderOptions, already_written, explai
 from cnnvis_cli.inference import (
     Predictions,
     class_name,
+    normalise,
     predict,
     prediction_header,
     predictions_bytes,
@@ -46,6 +47,7 @@ from cnnvis_cli.models import LoadedModel, load_model, resolve_target_layer
 from cnnvis_cli.patterns import MapCollector, find_patterns
 from cnnvis_cli.report import write_report
 from cnnvis_cli.run_dir import RunDir
+from cnnvis_cli.sanity import cascading_randomisation, record_sanity
 from cnnvis_cli.selection import Selection, select
 from cnnvis_cli.targets import deepest_top, parse_targets
 from cnnvis_cli.techniques import NORMALISATION, Technique, TechniqueContext, build_technique
@@ -186,6 +188,11 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
         ) if todo else []
     by_row = {**done, **{item.case.row: item for item in fresh}}
     explained = [by_row[case.row] for case in selection.cases]
+    sanity = None
+    if cfg.sanity:
+        stages.finish("sanity")
+        sanity = _sanity(cfg, loaded, layers, techniques, selection, predictions, device, run_dir,
+                         lambda chosen: loader(chosen, cfg.explain_batch_size))
     stages.finish("report")
 
     summary = _summary(cfg, loaded, layers, techniques, device, predictions, selection, explained, stages.seconds,
@@ -194,6 +201,8 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     summary["dataset_classes_not_in_model"] = unmatched  # their samples counted as unlabelled
     if recorder is not None:
         summary["metrics"] = {"names": cfg.metrics, "steps": cfg.metrics_steps, "per_technique": recorder.summary()}
+    if sanity is not None:
+        summary["sanity"] = sanity
     if collector is not None:
         summary["patterns"] = find_patterns(collector, [t.name for t in techniques], cfg.analysis, cfg.analysis_groups,
                                             cfg.seed, lambda path, data: (run_dir.write_bytes(path, data), path)[1])
@@ -204,6 +213,31 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     run_dir.write_json("summary.json", summary)
     records = [_record(item, predictions, class_names, source, run_dir.root) for item in explained]
     return RunResult(run_dir.root, summary, records)
+
+
+def _sanity(cfg: RunConfig, loaded: LoadedModel, layers: list[str], techniques: list[Technique],
+            selection: Selection, predictions: Predictions, device: torch.device, run_dir: RunDir,
+            loader) -> dict[str, Any]:
+    """The cascading randomisation test on the first `sanity_samples` selected samples, for their predicted
+    classes: sanity.csv, and what summary.json and the report show."""
+    rows = [case.row for case in selection.cases[:cfg.sanity_samples]]
+    batches = [batch for batch in loader([int(predictions.indices[row]) for row in rows]) if batch.indices]
+    if not batches:
+        return {"samples": 0, "stages": [], "flagged": []}
+    images = normalise(torch.cat([batch.images for batch in batches]).to(device), loaded.preprocess)
+    by_index = {int(predictions.indices[row]): row for row in rows}
+    order = [index for batch in batches for index in batch.indices]
+    targets = torch.tensor([int(predictions.predicted[by_index[index]]) for index in order], device=device)
+    image_rows = torch.arange(len(images), device=device)
+
+    def explain(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        context = TechniqueContext(model, layers, cfg.technique, cfg.amp, loaded.preprocess.mean,
+                                   loaded.preprocess.std, cfg.seed)
+        return {technique.name: build_technique(technique.name.removesuffix("_smooth"), context).explain(
+                    images, image_rows, targets).maps for technique in techniques}
+
+    results = cascading_randomisation(loaded.module, explain, cfg.sanity_stages, cfg.seed)
+    return record_sanity(results, len(images), run_dir)
 
 
 def techniques_context(cfg: RunConfig, loaded: LoadedModel, layers: list[str]) -> TechniqueContext:

@@ -203,6 +203,30 @@ def _figure(image: str, caption: str) -> str:
     return f'<figure><img src="{escape(image)}" alt="{text}"><figcaption>{text}</figcaption></figure>'
 
 
+def _sanity(summary: dict[str, Any]) -> str:
+    """The cascading randomisation table, with the techniques that fail it named."""
+    sanity = summary.get("sanity")
+    if not sanity or not sanity.get("stages"):
+        return ""
+    stages = sanity["stages"]
+    techniques = list(stages[0]["techniques"])
+    head = "".join(f'<th>{stage["random_layers"]} random, down to {escape(stage["down_to"])}</th>' for stage in stages)
+    lines = "".join(
+        f'<tr><td class="{"wrong" if name in sanity["flagged"] else ""}">{escape(name)}</td>' + "".join(
+            f'<td class="n">{stage["techniques"][name]["spearman"]:.2f} / {stage["techniques"][name]["ssim"]:.2f}</td>'
+            for stage in stages) + "</tr>"
+        for name in techniques)
+    verdict = (f'<p class="wrong">Flagged: {escape(", ".join(sanity["flagged"]))}: their maps keep their order '
+               f'(Spearman {sanity["flag_at"]} or more) when every layer is random, so they show the image more '
+               "than the model.</p>") if sanity["flagged"] else \
+        "<p>No technique's maps keep their order once every layer is random, as it should be.</p>"
+    return ("<h2>Sanity check: the model's layers randomised from the top down</h2>"
+            f'<p class="facts">{sanity["samples"]} samples; each cell is the mean Spearman rank correlation / '
+            "SSIM of the maps with the trained model's (Adebayo et al., 2018). Spearman decides: sparse maps "
+            "score a high SSIM whatever they show.</p>"
+            f"<table><tr><th>technique</th>{head}</tr>{lines}</table>{verdict}")
+
+
 def _outcome(item: dict[str, Any], outcome: str) -> str:
     if outcome not in item:
         return "<td></td>"
@@ -284,6 +308,7 @@ def write_report(run: Path, summary: dict[str, Any] | None = None) -> Path:
 <h2>Most frequent confusions (true &rarr; predicted)</h2>{_confusions(predictions)}
 {_metrics(summary)}
 {_patterns(summary)}
+{_sanity(summary)}
 <h2 id="gallery-title">Selected samples (<span id="shown">{len(selected)}</span> shown of {len(selected)})</h2>
 <div class="controls">
 <label>reason<select id="reason"><option value="">any</option>{_options(reasons)}</select></label>

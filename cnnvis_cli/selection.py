@@ -34,7 +34,12 @@ def _label_not_in_topk(p: Predictions, cfg: SelectionConfig) -> np.ndarray:
     return p.labelled & ~in_topk
 
 
+def _every(p: Predictions, cfg: SelectionConfig) -> np.ndarray:
+    return np.ones(len(p), dtype=bool)
+
+
 CRITERIA: dict[str, Criterion] = {
+    "all": _every,
     "incorrect": _incorrect,
     "low_confidence": _low_confidence,
     "low_margin": _low_margin,
@@ -43,6 +48,7 @@ CRITERIA: dict[str, Criterion] = {
 }
 
 CRITERIA_HELP: dict[str, str] = {
+    "all": "every sample (with selection.max_samples=null, the whole test set is explained)",
     "incorrect": "the predicted class is not the label",
     "low_confidence": "top-1 probability below selection.threshold",
     "low_margin": "top-1 minus top-2 probability below selection.margin",

@@ -110,3 +110,29 @@ def test_an_unknown_analysis_names_the_close_one() -> None:
 
     with pytest.raises(UserError, match="unknown analysis 'group'; did you mean groups"):
         run_config("analysis=[group]")
+
+
+def test_on_the_shipped_demo_the_maps_that_follow_the_cue_form_groups_of_their_own(tmp_path: Path) -> None:
+    """The demo model predicts a class when that class's mark sits in its corner; the groups of Grad-CAM's
+    maps must find the corners, each holding the wrong predictions of the class whose mark is there."""
+    from helpers import run_config
+
+    from cnnvis_cli.demo.scene import CLASS_NAMES
+    from cnnvis_cli.pipeline import run
+
+    result = run(run_config("technique=gradcam", "analysis=[groups]", "render.panels=false", "report=false"),
+                 tmp_path)
+    groups = result.summary["patterns"]["gradcam"]["groups"]
+    wrong = result.summary["selection"]["matched"]["incorrect"]  # 90 on the demo test split
+    in_corners = 0
+    for group in groups:
+        x, y = group["peak"]
+        if not ((x < 0.3 or x > 0.7) and (y < 0.3 or y > 0.7)):
+            assert group["wrong"] <= group["size"] / 2  # a group that looks elsewhere is mostly right
+            continue
+        mark_of = CLASS_NAMES[(x > 0.5) + 2 * (y > 0.5)]  # marks: 0 top left, 1 top right, 2 bottom left, 3 ...
+        predicted = [member["predicted"] for member in group["members"]]
+        assert predicted.count(mark_of) >= 0.85 * len(predicted)  # measured: 0.86 to 1.0
+        assert group["wrong"] >= 0.9 * group["size"]
+        in_corners += group["wrong"]
+    assert in_corners >= 0.85 * wrong  # measured: 88 of 90
