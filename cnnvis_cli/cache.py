@@ -116,6 +116,7 @@ def prediction_key(cfg: RunConfig, preprocess: Preprocess, source: Source, indic
         "preprocess": asdict(preprocess),
         "dataset": dataset,
         "list_file": file_stamp(Path(list_file).expanduser()) if list_file else None,
+        "boxes": file_stamp(Path(cfg.dataset.boxes).expanduser()) if cfg.dataset.boxes else None,
         "files": files_digest([source.path(index) for index in indices]),
         "samples": hashlib.sha256(json.dumps(list(map(int, indices))).encode()).hexdigest(),
         "class_names": class_names,

@@ -58,6 +58,7 @@ class DatasetConfig:
         default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
     )
     list_file: str | None = None  # files: one "path" or "path,label" per line; "-" reads standard input
+    boxes: str | None = None  # a CSV file path,x0,y0,x1,y1 of object boxes (pointing and energy metrics)
     class_names: list[str] | None = None  # files: the label names, in index order
     size: str = "full"  # imagenette: full | 320px | 160px
     limit: int | None = None  # a seeded random subset of this many samples
@@ -167,6 +168,7 @@ class RunConfig:
     sanity: bool = False  # model-parameter randomisation test of every technique (sanity.csv, report)
     sanity_samples: int = 16  # selected samples the sanity check explains
     sanity_stages: int = 5  # cascade stages, from the top layer down to every layer
+    sanity_label_model: str | None = None  # the same model trained on shuffled labels: the label test
     save_maps: bool = False
     stdout: str = "path"  # path: print the run directory; jsonl: one JSON object per selected sample
     progress: bool = True

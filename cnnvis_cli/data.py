@@ -8,6 +8,7 @@ and the run records it.
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import sys
@@ -197,6 +198,56 @@ class FileListSource(Source):
         return Sample(open_image(path), label, str(path))
 
 
+class BoxedSource(Source):
+    """Another source's samples, each with the object box that a CSV file gives it (`object_box`, "x0 y0 x1
+    y1" in pixels of the original image; empty for images the file does not list)."""
+
+    def __init__(self, inner: Source, boxes: dict[Path, str]) -> None:
+        self.inner, self.boxes = inner, boxes
+        self.class_names, self.label_offsets = inner.class_names, inner.label_offsets
+        self.extra_columns = (*inner.extra_columns, "object_box")
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def sample_id(self, index: int) -> str:
+        return self.inner.sample_id(index)
+
+    def path(self, index: int) -> Path | None:
+        return self.inner.path(index)
+
+    def highest_label(self) -> int | None:
+        return self.inner.highest_label()
+
+    def load(self, index: int) -> Sample:
+        sample = self.inner.load(index)
+        path = self.inner.path(index)
+        sample.extras = {**sample.extras, "object_box": self.boxes.get(path, "") if path else ""}
+        return sample
+
+
+def read_boxes(boxes_file: str | Path, base: Path) -> dict[Path, str]:
+    """Object boxes from a CSV file with the header `path,x0,y0,x1,y1` (pixels of the original image, x1 and
+    y1 exclusive; relative paths under `base`), by resolved path."""
+    path = Path(boxes_file).expanduser()
+    if not path.is_file():
+        raise UserError(f"dataset.boxes file not found: {path}")
+    with path.open(newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        if reader.fieldnames is None or not {"path", "x0", "y0", "x1", "y1"} <= set(reader.fieldnames):
+            raise UserError(f"dataset.boxes {path} needs the header path,x0,y0,x1,y1")
+        boxes = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                x0, y0, x1, y1 = (float(row[key]) for key in ("x0", "y0", "x1", "y1"))
+            except (TypeError, ValueError):
+                raise UserError(f"dataset.boxes {path}, line {line}: x0, y0, x1, y1 must be numbers") from None
+            if x1 <= x0 or y1 <= y0:
+                raise UserError(f"dataset.boxes {path}, line {line}: the box is empty (x1 <= x0 or y1 <= y0)")
+            boxes[_resolve(base, row["path"]).resolve()] = f"{x0:g} {y0:g} {x1:g} {y1:g}"
+    return boxes
+
+
 def _resolve(base: Path, text: str) -> Path:
     path = Path(text).expanduser()
     return path if path.is_absolute() else base / path
@@ -282,7 +333,17 @@ DATASETS: dict[str, str] = {
 
 
 def open_source(cfg: DatasetConfig) -> Source:
-    """The source that `cfg` names."""
+    """The source that `cfg` names, with the object boxes of `dataset.boxes` when given."""
+    source = _open_source(cfg)
+    if not cfg.boxes:
+        return source
+    if len(source) and source.path(0) is None:
+        raise UserError(f"dataset.boxes needs image files; dataset={cfg.name} has none (use imagefolder or files)")
+    base = Path(cfg.root).expanduser() if cfg.root else Path(cfg.boxes).expanduser().parent
+    return BoxedSource(source, read_boxes(cfg.boxes, base))
+
+
+def _open_source(cfg: DatasetConfig) -> Source:
     if cfg.name == "demo":
         return DemoSource(cfg.split, cfg.seed)
     if cfg.name == "imagefolder":

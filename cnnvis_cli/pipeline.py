@@ -10,7 +10,7 @@ import logging
 import platform
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from cnnvis_cli.models import LoadedModel, load_model, resolve_target_layer
 from cnnvis_cli.patterns import MapCollector, find_patterns
 from cnnvis_cli.report import write_report
 from cnnvis_cli.run_dir import RunDir
-from cnnvis_cli.sanity import cascading_randomisation, record_sanity
+from cnnvis_cli.sanity import cascading_randomisation, compare_maps, record_sanity
 from cnnvis_cli.selection import Selection, select
 from cnnvis_cli.targets import deepest_top, parse_targets
 from cnnvis_cli.techniques import NORMALISATION, Technique, TechniqueContext, build_technique
@@ -237,7 +237,11 @@ def _sanity(cfg: RunConfig, loaded: LoadedModel, layers: list[str], techniques: 
                     images, image_rows, targets).maps for technique in techniques}
 
     results = cascading_randomisation(loaded.module, explain, cfg.sanity_stages, cfg.seed)
-    return record_sanity(results, len(images), run_dir)
+    labels = None
+    if cfg.sanity_label_model:
+        shuffled = load_model(replace(cfg.model, checkpoint=cfg.sanity_label_model)).module.to(device)
+        labels = compare_maps(explain(loaded.module), explain(shuffled))
+    return record_sanity(results, labels, len(images), run_dir)
 
 
 def techniques_context(cfg: RunConfig, loaded: LoadedModel, layers: list[str]) -> TechniqueContext:

@@ -210,16 +210,24 @@ def _sanity(summary: dict[str, Any]) -> str:
         return ""
     stages = sanity["stages"]
     techniques = list(stages[0]["techniques"])
-    head = "".join(f'<th>{stage["random_layers"]} random, down to {escape(stage["down_to"])}</th>' for stage in stages)
+    columns = [(f'{stage["random_layers"]} random, down to {stage["down_to"]}', stage["techniques"])
+               for stage in stages]
+    if sanity.get("labels"):
+        columns.append(("model trained on shuffled labels", sanity["labels"]))
+    head = "".join(f"<th>{escape(title)}</th>" for title, _ in columns)
+    bad = set(sanity["flagged"]) | set(sanity.get("flagged_labels", []))
     lines = "".join(
-        f'<tr><td class="{"wrong" if name in sanity["flagged"] else ""}">{escape(name)}</td>' + "".join(
-            f'<td class="n">{stage["techniques"][name]["spearman"]:.2f} / {stage["techniques"][name]["ssim"]:.2f}</td>'
-            for stage in stages) + "</tr>"
+        f'<tr><td class="{"wrong" if name in bad else ""}">{escape(name)}</td>' + "".join(
+            f'<td class="n">{values[name]["spearman"]:.2f} / {values[name]["ssim"]:.2f}</td>'
+            for _, values in columns) + "</tr>"
         for name in techniques)
     verdict = (f'<p class="wrong">Flagged: {escape(", ".join(sanity["flagged"]))}: their maps keep their order '
                f'(Spearman {sanity["flag_at"]} or more) when every layer is random, so they show the image more '
                "than the model.</p>") if sanity["flagged"] else \
         "<p>No technique's maps keep their order once every layer is random, as it should be.</p>"
+    if sanity.get("flagged_labels"):
+        verdict += (f'<p class="wrong">Flagged by the label test: {escape(", ".join(sanity["flagged_labels"]))}: '
+                    "their maps keep their order for a model trained on shuffled labels.</p>")
     return ("<h2>Sanity check: the model's layers randomised from the top down</h2>"
             f'<p class="facts">{sanity["samples"]} samples; each cell is the mean Spearman rank correlation / '
             "SSIM of the maps with the trained model's (Adebayo et al., 2018). Spearman decides: sparse maps "

@@ -10,8 +10,10 @@ SANITY_FLAG or more once every layer is random) shows the input more than the mo
 SSIM is reported beside it but does not flag: two sparse maps, near zero almost everywhere, score a high
 SSIM whatever they show (on the demo, LRP's maps kept an SSIM of 0.79 with a Spearman of 0.01).
 
-The label-randomisation test of the same paper needs a model retrained on permuted labels, which a run
-does not have; it is not part of this check.
+Label randomisation, from the same paper: the maps of the trained model against those of the same
+architecture trained on randomly permuted labels (`sanity_label_model`; for the demo,
+`cnnvis demo train --shuffle-labels --output PATH` makes one). A technique that passes the first test
+should fail to find the same evidence in a model that learnt nothing but noise.
 """
 
 from __future__ import annotations
@@ -112,14 +114,15 @@ def cascading_randomisation(model: nn.Module, explain: Callable[[nn.Module], dic
     for random_layers in cascade_stages(layers, stages):
         randomise(randomised, random_layers[done:], seed + done)
         done = len(random_layers)
-        maps = explain(randomised)
-        results.append({
-            "random_layers": len(random_layers), "down_to": random_layers[-1],
-            "techniques": {name: {"spearman": round(float(spearman(trained[name], maps[name]).mean()), 4),
-                                  "ssim": round(float(ssim(trained[name], maps[name]).mean()), 4)}
-                           for name in trained},
-        })
+        results.append({"random_layers": len(random_layers), "down_to": random_layers[-1],
+                        "techniques": compare_maps(trained, explain(randomised))})
     return results
+
+
+def compare_maps(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Per technique, the mean Spearman and SSIM of its maps in `first` against `second`."""
+    return {name: {"spearman": round(float(spearman(first[name], second[name]).mean()), 4),
+                   "ssim": round(float(ssim(first[name], second[name]).mean()), 4)} for name in first}
 
 
 def flagged(results: list[dict]) -> list[str]:
@@ -129,12 +132,17 @@ def flagged(results: list[dict]) -> list[str]:
     return [name for name, values in results[-1]["techniques"].items() if values["spearman"] >= SANITY_FLAG]
 
 
-def record_sanity(results: list[dict], samples: int, run_dir: RunDir) -> dict[str, Any]:
-    """Write sanity.csv, log the table and the flagged techniques; return what summary.json keeps."""
+def record_sanity(results: list[dict], labels: dict[str, dict[str, float]] | None, samples: int,
+                  run_dir: RunDir) -> dict[str, Any]:
+    """Write sanity.csv, log the table and the flagged techniques; return what summary.json keeps. `labels`
+    holds the label-randomisation comparison, when there is one."""
     with run_dir.csv_stream("sanity.csv", ["stage", "random_layers", "down_to", "technique", "spearman",
                                            "ssim"]) as csv:
         csv.write([stage, result["random_layers"], result["down_to"], name, values["spearman"], values["ssim"]]
                   for stage, result in enumerate(results, start=1) for name, values in result["techniques"].items())
+        if labels:
+            csv.write(["labels", "", "labels shuffled", name, values["spearman"], values["ssim"]]
+                      for name, values in labels.items())
     if results:
         log.info("sanity check, Spearman / SSIM of each technique's maps with the trained model's, as layers are "
                  "randomised from the top: %s", " | ".join(f"{r['random_layers']} layers" for r in results))
@@ -147,4 +155,10 @@ def record_sanity(results: list[dict], samples: int, run_dir: RunDir) -> dict[st
     for name in bad:
         log.warning("sanity check: %s's maps keep their order (Spearman %.2f or more) when every layer of the "
                     "model is random; they show the image more than the model", name, SANITY_FLAG)
-    return {"samples": samples, "flag_at": SANITY_FLAG, "stages": results, "flagged": bad}
+    summary: dict[str, Any] = {"samples": samples, "flag_at": SANITY_FLAG, "stages": results, "flagged": bad}
+    if labels:
+        summary["labels"] = labels
+        summary["flagged_labels"] = [name for name, values in labels.items() if values["spearman"] >= SANITY_FLAG]
+        for name in summary["flagged_labels"]:
+            log.warning("sanity check: %s's maps keep their order for a model trained on shuffled labels", name)
+    return summary

@@ -149,3 +149,36 @@ def test_default_workers_use_only_spare_cores(monkeypatch: pytest.MonkeyPatch, c
     monkeypatch.setattr(data.os, "cpu_count", lambda: cores)
     assert data.loader_workers(None) == workers
     assert data.loader_workers(3) == 3  # a number the user set is kept
+
+
+def test_boxes_from_a_csv_file_reach_the_samples(image_folder: Path, tmp_path: Path) -> None:
+    from cnnvis_cli.config import DatasetConfig
+    from cnnvis_cli.data import open_source
+
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("path,x0,y0,x1,y1\ncat/img_0.png,1,2,30,40\n")
+    source = open_source(DatasetConfig(name="imagefolder", root=str(image_folder), boxes=str(boxes)))
+    assert "object_box" in source.extra_columns and source.class_names == ["cat", "dog"]
+    by_id = {source.sample_id(i): source.load(i).extras["object_box"] for i in range(len(source))}
+    assert by_id["cat/img_0.png"] == "1 2 30 40" and by_id["dog/img_0.png"] == ""
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "dataset.boxes file not found"),
+    ("file,a,b\nx,1,2\n", "needs the header path,x0,y0,x1,y1"),
+    ("path,x0,y0,x1,y1\ncat/img_0.png,5,5,5,9\n", "line 2: the box is empty"),
+    ("path,x0,y0,x1,y1\ncat/img_0.png,a,5,5,9\n", "line 2: x0, y0, x1, y1 must be numbers"),
+])
+def test_a_bad_boxes_file_is_a_user_error(image_folder: Path, tmp_path: Path, content: str | None,
+                                          message: str) -> None:
+    from cnnvis_cli.config import DatasetConfig
+    from cnnvis_cli.data import open_source
+    from cnnvis_cli.errors import UserError
+
+    boxes = tmp_path / "boxes.csv"
+    if content is not None:
+        boxes.write_text(content)
+    with pytest.raises(UserError, match=message):
+        open_source(DatasetConfig(name="imagefolder", root=str(image_folder), boxes=str(boxes)))
+    with pytest.raises(UserError, match="dataset.boxes needs image files; dataset=demo has none"):
+        open_source(DatasetConfig(name="demo", boxes=str(boxes)))

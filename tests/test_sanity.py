@@ -81,3 +81,28 @@ def test_a_run_with_the_sanity_check_writes_its_table(tmp_path: Path) -> None:
     assert all(-1 <= float(row["spearman"]) <= 1 for row in rows)
     assert "Sanity check: the model" in (tmp_path / "report.html").read_text()
     assert "sanity" in result.summary["seconds"]
+
+
+def test_the_label_test_compares_with_a_model_trained_on_shuffled_labels(tmp_path: Path) -> None:
+    from cnnvis_cli.demo.network import DemoNet
+
+    torch.manual_seed(5)
+    stand_in = tmp_path / "shuffled.pt"  # any model of the same architecture exercises the comparison
+    torch.save(DemoNet().state_dict(), stand_in)
+    result = run(run_config("dataset.limit=60", "technique=[gradcam,saliency]", "sanity=true", "sanity_samples=3",
+                            "sanity_stages=2", f"sanity_label_model={stand_in}"), tmp_path / "run")
+    labels = result.summary["sanity"]["labels"]
+    assert set(labels) == {"gradcam", "saliency"}
+    assert all(-1 <= values["spearman"] <= 1 for values in labels.values())
+    with (tmp_path / "run" / "sanity.csv").open(newline="") as file:
+        assert [row["technique"] for row in csv.DictReader(file) if row["stage"] == "labels"] == ["gradcam",
+                                                                                                 "saliency"]
+    assert "model trained on shuffled labels" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_shuffled_training_must_not_replace_the_demo_weights() -> None:
+    from cnnvis_cli.demo.train import main
+
+    with pytest.raises(SystemExit) as raised:
+        main(["--shuffle-labels"])
+    assert raised.value.code == 2

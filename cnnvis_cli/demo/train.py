@@ -77,25 +77,29 @@ def train(
     batch_size: int = DEFAULT_BATCH_SIZE,
     learning_rate: float = DEFAULT_LEARNING_RATE,
     data_seed: int = 0,
+    shuffle_labels: bool = False,
 ) -> dict[str, float]:
     """Train :class:`DemoNet`, save its state dict to ``output`` and return the metrics.
 
     ``data_seed`` selects the scene set (the packaged model uses 0); ``seed``
-    drives initialisation and batch order.
+    drives initialisation and batch order. ``shuffle_labels`` trains on the
+    training labels permuted at random, the model that the label-randomisation
+    sanity check (Adebayo et al., 2018) compares the trained one with.
     """
     previous_threads = torch.get_num_threads()
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(TRAIN_THREADS)
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(output, epochs, seed, batch_size, learning_rate, data_seed)
+        return _train(output, epochs, seed, batch_size, learning_rate, data_seed, shuffle_labels)
     finally:
         torch.use_deterministic_algorithms(previous_deterministic)
         torch.set_num_threads(previous_threads)
 
 
 def _train(
-    output: Path, epochs: int, seed: int, batch_size: int, learning_rate: float, data_seed: int
+    output: Path, epochs: int, seed: int, batch_size: int, learning_rate: float, data_seed: int,
+    shuffle_labels: bool = False,
 ) -> dict[str, float]:
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -105,6 +109,9 @@ def _train(
     test_images, test_labels, test_cues = render_split("test", seed=data_seed)
     train_inputs = torch.from_numpy(train_images)
     train_targets = torch.from_numpy(train_labels)
+    if shuffle_labels:
+        permutation = torch.randperm(len(train_targets), generator=torch.Generator().manual_seed(seed + 1))
+        train_targets = train_targets[permutation]
     _log(f"rendered {len(train_images)} train / {len(test_images)} test scenes in {time.perf_counter() - started:.1f}s")
 
     model = DemoNet()
@@ -162,10 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where to write the state dict")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="passes over the train split")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for initialisation and batch order")
+    parser.add_argument("--shuffle-labels", action="store_true",
+                        help="train on randomly permuted labels (for sanity_label_model=...)")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
-    train(args.output, epochs=args.epochs, seed=args.seed)
+    if args.shuffle_labels and args.output == DEFAULT_OUTPUT:
+        parser.error("--shuffle-labels needs --output PATH (it must not replace the demo's weights)")
+    train(args.output, epochs=args.epochs, seed=args.seed, shuffle_labels=args.shuffle_labels)
     return 0
 
 

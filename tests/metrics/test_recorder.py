@@ -52,3 +52,23 @@ def test_on_the_shipped_demo_the_maps_of_wrong_predictions_point_at_the_cue(tmp_
     assert wrong["maps"] == 90
     assert wrong["nearer_cue"] >= 0.7  # measured: 0.73
     assert not math.isnan(wrong["pointing_object"])
+
+
+def test_boxes_of_an_image_folder_score_the_pointing_game(tmp_path: Path) -> None:
+    from helpers import write_image_folder
+
+    folder = write_image_folder(tmp_path / "images", {"cat": 2, "dog": 2}, size=(96, 96))
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("path,x0,y0,x1,y1\ncat/img_0.png,0,0,96,96\ncat/img_1.png,0,0,1,1\n")
+    result = run(run_config("dataset=imagefolder", f"dataset.root={folder}", f"dataset.boxes={boxes}",
+                            "dataset.num_workers=0", "model.num_classes=2", "model.class_names=dataset",
+                            "selection.criteria=[all]", "targets=[pred]", "metrics=[pointing,energy]"),
+                 tmp_path / "run")
+    with (tmp_path / "run" / "metrics.csv").open(newline="") as file:
+        rows = {row["sample_id"]: row for row in csv.DictReader(file)}
+    assert float(rows["cat/img_0.png"]["pointing_object"]) == 1.0  # the box is the whole image
+    assert float(rows["cat/img_0.png"]["energy_object"]) == pytest.approx(1.0)
+    assert float(rows["cat/img_1.png"]["energy_object"]) < 0.05  # one pixel of 96 x 96
+    assert rows["dog/img_0.png"]["pointing_object"] == ""  # no box, no score
+    assert "pointing_cue" not in rows["cat/img_0.png"]
+    assert result.summary["metrics"]["per_technique"]["gradcam"]["all maps"]["pointing_object"] in (0.5, 1.0)
