@@ -261,7 +261,7 @@ def _patterns(summary: dict[str, Any]) -> str:
             x, y = group["peak"]
             parts.append(
                 f'<div class="group"><img class="mean" src="{escape(group["image"])}" alt="mean map of group '
-                f'{group["group"]}"><div><b>group {group["group"] + 1}</b>: {group["size"]} samples, '
+                f'{group["group"] + 1}"><div><b>group {group["group"] + 1}</b>: {group["size"]} samples, '
                 f'{group["wrong"]} wrong; looks most at {x:.0%} across, {y:.0%} down'
                 f'{f" ({more} more in patterns/groups.csv)" if more else ""}<br>{thumbs}</div></div>')
         if found.get("confusions"):

@@ -88,9 +88,13 @@ class MetricRecorder:
             result = faithfulness(model, images, image_rows, targets, maps, steps=self.steps,
                                   black=baseline_images("black", images, mean, std),
                                   blurred=baseline_images("blurred", images, mean, std),
-                                  mean=mean, std=std, batch_size=self.batch_size)
-            values |= {"deletion_auc": result.deletion_auc, "insertion_auc": result.insertion_auc,
-                       "drop": result.drop, "increase": result.increase.float()}
+                                  mean=mean, std=std, batch_size=self.batch_size,
+                                  curves=tuple(name for name in ("deletion", "insertion") if name in self.names))
+            if result.deletion_curve is not None:
+                values["deletion_auc"] = result.deletion_auc
+            if result.insertion_curve is not None:
+                values["insertion_auc"] = result.insertion_auc
+            values |= {"drop": result.drop, "increase": result.increase.float()}
         tolerance = POINTING_TOLERANCE * maps.shape[-1]
         found = {}
         for box_name, column in BOX_COLUMNS.items():

@@ -26,10 +26,11 @@ from cnnvis_cli.techniques.base import score_pairs
 
 @dataclass(frozen=True)
 class Faithfulness:
-    """Per row: the deletion and insertion curves (R x steps + 1), their areas, the drop and the increase."""
+    """Per row: the deletion and insertion curves (R x steps + 1), their areas, the drop and the increase;
+    a curve that was not asked for is None."""
 
-    deletion_curve: torch.Tensor
-    insertion_curve: torch.Tensor
+    deletion_curve: torch.Tensor | None
+    insertion_curve: torch.Tensor | None
     kept_probability: torch.Tensor  # R: the target's probability on image x map
     probability: torch.Tensor  # R: on the image itself
 
@@ -68,8 +69,10 @@ def pixel_order_masks(maps: torch.Tensor, steps: int) -> tuple[torch.Tensor, tor
 
 def faithfulness(model: nn.Module, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor,
                  maps: torch.Tensor, *, steps: int, black: torch.Tensor, blurred: torch.Tensor,
-                 mean: tuple[float, ...], std: tuple[float, ...], batch_size: int) -> Faithfulness:
-    """The metrics of R maps (R x H x W in [0, 1]) of the rows (images[image_rows[r]], targets[r]).
+                 mean: tuple[float, ...], std: tuple[float, ...], batch_size: int,
+                 curves: tuple[str, ...] = ("deletion", "insertion")) -> Faithfulness:
+    """The metrics of R maps (R x H x W in [0, 1]) of the rows (images[image_rows[r]], targets[r]), with
+    only the `curves` asked for.
 
     `images`, `black` and `blurred` are normalised model inputs (B x 3 x H x W); the model is in eval mode.
     """
@@ -94,8 +97,8 @@ def faithfulness(model: nn.Module, images: torch.Tensor, image_rows: torch.Tenso
         return scores[rows, :, class_of_row]
 
     with torch.no_grad():
-        deletion = curve(images, black)
-        insertion = curve(blurred, images)
+        deletion = curve(images, black) if "deletion" in curves else None
+        insertion = curve(blurred, images) if "insertion" in curves else None
         pixels = images[image_rows] * pixel_std + pixel_mean
         kept = probabilities((pixels * maps[:, None] - pixel_mean) / pixel_std)[rows, targets]
         probability = probabilities(images)[image_rows, targets]

@@ -88,3 +88,15 @@ def test_area_and_ranks() -> None:
     ranks, counts = pixel_order_masks(torch.tensor([[[0.1, 0.9], [0.5, 0.5]]]), steps=2)
     assert ranks.tolist() == [[[3, 0], [1, 2]]]  # ties keep pixel order
     assert counts.tolist() == [0, 2, 4]
+
+
+def test_only_the_curves_asked_for_are_computed() -> None:
+    images = torch.full((1, 3, 16, 16), 2.0)
+    calls = []
+    model = RegionModel()
+    model.register_forward_hook(lambda _m, inputs, _o: calls.append(len(inputs[0])))
+    rows, targets, maps = torch.tensor([0]), torch.tensor([0]), torch.rand(1, 16, 16)
+    result = faithfulness(model, images, rows, targets, maps, steps=4, black=images * 0, blurred=images,
+                          mean=MEAN, std=STD, batch_size=8, curves=("deletion",))
+    assert result.insertion_curve is None and result.deletion_curve.shape == (1, 5)
+    assert sum(calls) == 5 + 1 + 1  # the deletion curve, the kept region, the image
