@@ -102,6 +102,10 @@ def test_list_commands(tmp_path: Path) -> None:
         assert f"\n  {name} " in techniques
     assert "imagenette" in cnnvis("list", "datasets", cwd=tmp_path).stdout
     assert "label_not_in_topk" in cnnvis("list", "selections", cwd=tmp_path).stdout
+    metrics = "\n" + cnnvis("list", "metrics", cwd=tmp_path).stdout
+    assert all(f"\n  {name} " in metrics for name in ("deletion", "insertion", "drop", "pointing", "energy"))
+    analyses = "\n" + cnnvis("list", "analyses", cwd=tmp_path).stdout
+    assert all(f"\n  {name} " in analyses for name in ("groups", "confusions", "classes"))
     layers = cnnvis("list", "layers", "model=resnet18", cwd=tmp_path)  # no weights needed, so no download
     assert layers.returncode == 0 and "* layer4" in layers.stdout
 
