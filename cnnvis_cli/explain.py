@@ -91,13 +91,13 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
             images = batch.images.to(device, non_blocking=True)
             model_input = normalise(images, preprocess)
             drawn = []  # per technique: R overlays and R [0, 1] maps, on the CPU
+            infos = _row_infos(rows, batch, batch_cases, predictions, class_names) if recorder or collector else []
             for technique in techniques:
                 explanation = explain_in_parts(technique, model_input, image_rows, target_classes,
                                                halvings.setdefault(technique.name, Halving(technique.name)))
                 if recorder is not None:
                     recorder.record(technique.name, technique.model, model_input, image_rows, target_classes,
-                                    explanation.maps, _row_infos(rows, batch, batch_cases, predictions, class_names),
-                                    batch.extras)
+                                    explanation.maps, infos, batch.extras)
                 if explanation.signed is None:
                     pictures = overlay(images[image_rows], explanation.maps, lut, options.alpha)
                     raw_maps = explanation.maps
@@ -107,9 +107,7 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                 pictures = pictures.cpu().numpy()
                 raw = raw_maps.cpu().numpy() if options.save_maps else None
                 drawn.append((technique, pictures, explanation.maps.cpu().numpy() if options.panels else None))
-                if collector is not None:
-                    _collect(collector, technique.name, explanation.maps, rows, batch, batch_cases, predictions,
-                             class_names)
+                overlays = []
                 for row, (position, target) in enumerate(rows):
                     case = batch_cases[position]
                     path, map_path = output_paths(technique.name, batch.indices[position], case, target,
@@ -117,9 +115,12 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                     record = explained[case.row]
                     run_dir.write_bytes(path, encode_png(pictures[row]))
                     record.overlays.append(path)
+                    overlays.append(path)
                     if raw is not None:
                         run_dir.write_bytes(map_path, _npy_bytes(raw[row]))
                         record.maps.append(map_path)
+                if collector is not None:
+                    _collect(collector, technique.name, explanation.maps, infos, overlays)
             if options.panels:
                 with torch.inference_mode():
                     model = techniques[0].model  # every technique explains the same model
@@ -137,31 +138,26 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
     return [explained[case.row] for case in cases]
 
 
-def _collect(collector: MapCollector, technique: str, maps: torch.Tensor, rows: list[tuple[int, Target]],
-             batch: Batch, batch_cases: list[Case], predictions: Predictions, class_names: list[str]) -> None:
-    """Keep the predicted-class maps of a batch for the patterns across samples."""
-    chosen, entries = [], []
-    for row, (position, target) in enumerate(rows):
-        if "pred" not in target.role.split("+"):
-            continue
-        case = batch_cases[position]
-        label = int(predictions.labels[case.row])
-        chosen.append(row)
-        entries.append(MapEntry(
-            technique, batch.indices[position], predictions.sample_ids[case.row], class_name(class_names, label),
-            class_names[target.class_index], bool(predictions.correct[case.row]) if label != UNLABELLED else None,
-            output_paths(technique, batch.indices[position], case, target, predictions, class_names)[0]))
-    collector.add(maps[chosen], entries)
+def _collect(collector: MapCollector, technique: str, maps: torch.Tensor, infos: list[RowInfo],
+             overlays: list[str]) -> None:
+    """Keep a technique's predicted-class maps of a batch (rows described by `infos`, drawn to `overlays`)
+    for the patterns across samples."""
+    chosen = [row for row, info in enumerate(infos) if info.explains_prediction]
+    collector.add(maps[chosen], [
+        MapEntry(technique, infos[row].index, infos[row].sample_id, infos[row].true_class, infos[row].target_class,
+                 infos[row].correct, overlays[row]) for row in chosen])
 
 
 def _row_infos(rows: list[tuple[int, Target]], batch: Batch, batch_cases: list[Case], predictions: Predictions,
                class_names: list[str]) -> list[RowInfo]:
+    """Who each row of a batch is, for the metrics and the patterns; the same for every technique."""
     infos = []
     for position, target in rows:
         row = batch_cases[position].row
         labelled = bool(predictions.labelled[row])
         infos.append(RowInfo(batch.indices[position], predictions.sample_ids[row], target.role,
-                             class_names[target.class_index], bool(predictions.correct[row]) if labelled else None))
+                             class_names[target.class_index], bool(predictions.correct[row]) if labelled else None,
+                             class_name(class_names, int(predictions.labels[row]))))
     return infos
 
 

@@ -62,6 +62,12 @@ class RowInfo:
     role: str
     target_class: str
     correct: bool | None  # None when unlabelled
+    true_class: str = ""  # "" when unlabelled
+
+    @property
+    def explains_prediction(self) -> bool:
+        """Whether the row's target is the predicted class (alone or merged with another role)."""
+        return "pred" in self.role.split("+")
 
 
 class MetricRecorder:
@@ -111,7 +117,7 @@ class MetricRecorder:
             values["nearer_cue"] = torch.where(cue_known & thing_known, nearer_first(maps, cue, thing), torch.nan)
         table = {name: value.float().cpu().tolist() for name, value in values.items() if name in self.columns}
         for row, info in enumerate(infos):
-            entry = {"technique": technique, "role": info.role, "correct": info.correct,
+            entry = {"technique": technique, "prediction": info.explains_prediction, "correct": info.correct,
                      **{name: table[name][row] for name in table}}
             self.rows.append(entry)
         self.csv.write(
@@ -142,7 +148,7 @@ class MetricRecorder:
         for row in self.rows:
             technique_groups = groups[row["technique"]]
             technique_groups["all maps"].append(row)
-            if "pred" in row["role"].split("+") and row["correct"] is not None:
+            if row["prediction"] and row["correct"] is not None:
                 technique_groups["predicted class, correct" if row["correct"] else "predicted class, wrong"].append(row)
         return {technique: {group: _means(rows, self.columns) for group, rows in by_group.items()}
                 for technique, by_group in groups.items()}
