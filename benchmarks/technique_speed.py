@@ -10,41 +10,16 @@ technique's per-image Pearson correlation with its float32 maps on the same devi
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-import numpy as np
 import torch
 import torchvision
+from speed import median_seconds, smallest_pearson  # this folder's shared timing and agreement helpers
 
 from cnnvis_cli.config import TechniqueConfig
 from cnnvis_cli.models import inspect_layers, resolve_target_layer
 from cnnvis_cli.techniques import TECHNIQUES, TechniqueContext, build_technique
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(work, device: torch.device, repeats: int) -> float:
-    work()  # warm-up
-    synchronise(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        synchronise(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The smallest per-map correlation, over the maps with content in both."""
-    pairs = [(x, y) for x, y in zip(a.cpu().numpy(), b.cpu().numpy(), strict=True) if np.ptp(x) > 0 and np.ptp(y) > 0]
-    return min((float(np.corrcoef(x.ravel(), y.ravel())[0, 1]) for x, y in pairs), default=float("nan"))
 
 
 def main() -> None:
@@ -91,7 +66,7 @@ def main() -> None:
             exact = build_technique(name, TechniqueContext(model, [layer], TechniqueConfig(), False, IMAGENET_MEAN,
                                                            IMAGENET_STD))
             halves, singles = (t.explain(images, rows, targets).maps for t in (technique, exact))
-            line += f" {pearson(halves, singles):.4f} |"
+            line += f" {smallest_pearson(halves, singles)} |"
         print(line, flush=True)
 
 
