@@ -110,6 +110,11 @@ class RiseConfig:
 
 
 @dataclass
+class ScoreCamConfig:
+    subtract_baseline: bool = True  # the paper's increase of confidence; false: the probability (authors' code)
+
+
+@dataclass
 class LrpConfig:
     epsilon: float = 0.25  # stabiliser of the epsilon rule: larger keeps only the strongest relevance
 
@@ -126,6 +131,7 @@ class TechniqueConfig:
     smooth: SmoothConfig = field(default_factory=SmoothConfig)
     occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
     rise: RiseConfig = field(default_factory=RiseConfig)
+    scorecam: ScoreCamConfig = field(default_factory=ScoreCamConfig)
     lrp: LrpConfig = field(default_factory=LrpConfig)
 
 

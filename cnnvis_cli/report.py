@@ -173,6 +173,7 @@ METRIC_HEADINGS = {  # summary.json key -> column heading, with the direction th
     "pointing_cue": "pointing game on the cue",
     "nearer_cue": "peak nearer the cue than the object",
     "energy_cue": "energy in the cue's box",
+    "denser_cue": "denser on the cue than the object",
 }
 
 

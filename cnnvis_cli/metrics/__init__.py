@@ -18,6 +18,7 @@ from cnnvis_cli.metrics.faithfulness import faithfulness
 from cnnvis_cli.metrics.localisation import (
     POINTING_TOLERANCE,
     box_masks,
+    denser_first,
     energy_inside,
     nearer_first,
     parse_box,
@@ -50,6 +51,8 @@ def metric_columns(names: list[str], has_cue: bool) -> list[str]:
             columns += [f"{name}_{box}" for box in BOX_COLUMNS if box == "object" or has_cue]
             if name == "pointing" and has_cue:
                 columns.append("nearer_cue")  # the peak nearer the mark than the object
+            if name == "energy" and has_cue:
+                columns.append("denser_cue")  # more of the map per pixel on the mark than on the object
     return columns
 
 
@@ -107,14 +110,16 @@ class MetricRecorder:
             boxes = self._boxes(extras, column, image_rows, maps)
             if boxes is None:
                 continue
-            found[box_name] = boxes
             table, known = boxes
             masks = box_masks(table, *maps.shape[-2:])
+            found[box_name] = (table, known, masks)
             values[f"pointing_{box_name}"] = torch.where(known, pointing_hits(maps, table, tolerance), torch.nan)
             values[f"energy_{box_name}"] = torch.where(known, energy_inside(maps, masks), torch.nan)
         if {"cue", "object"} <= set(found):
-            (cue, cue_known), (thing, thing_known) = found["cue"], found["object"]
-            values["nearer_cue"] = torch.where(cue_known & thing_known, nearer_first(maps, cue, thing), torch.nan)
+            (cue, cue_known, cue_masks), (thing, thing_known, thing_masks) = found["cue"], found["object"]
+            both = cue_known & thing_known
+            values["nearer_cue"] = torch.where(both, nearer_first(maps, cue, thing), torch.nan)
+            values["denser_cue"] = torch.where(both, denser_first(maps, cue_masks, thing_masks), torch.nan)
         table = {name: value.float().cpu().tolist() for name, value in values.items() if name in self.columns}
         for row, info in enumerate(infos):
             entry = {"technique": technique, "prediction": info.explains_prediction, "correct": info.correct,

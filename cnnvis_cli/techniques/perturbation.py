@@ -2,6 +2,7 @@
 channel is shown alone (Score-CAM) or removed (Ablation-CAM).
 
 - Score-CAM (Wang et al., CVPR Workshops 2020):  weight_k = softmax(f(X * normalised upsampled A_k))_c
+                                                 - softmax(f(X * 0))_c
 - Ablation-CAM (Desai and Ramaswamy, WACV 2020): weight_k = (y_c - y_c with A_k = 0) / y_c
 
 Both score every (image, channel) pair with one forward pass, streamed through the model `batch_size`
@@ -56,7 +57,12 @@ class PerturbationCAM(ChannelWeightedCAM):
     def from_context(cls, context: TechniqueContext) -> PerturbationCAM:
         options = context.options
         return cls(context.model, context.layers, amp=context.amp, batch_size=inputs_per_pass(context),
-                   max_channels=options.max_channels)
+                   max_channels=options.max_channels, **cls.own_options(context))
+
+    @classmethod
+    def own_options(cls, context: TechniqueContext) -> dict[str, object]:
+        """Keyword arguments that only this technique takes."""
+        return {}
 
     @torch.no_grad()
     def channel_weights(self, activation: torch.Tensor, gradient: torch.Tensor | None, images: torch.Tensor,
@@ -95,15 +101,40 @@ class ScoreCAM(PerturbationCAM):
     Networks", CVPR Workshops 2020.
 
         H_k      = min-max normalised A_k, upsampled to the input size
-        weight_k = softmax(f(X * H_k))_c          (the target's probability when only H_k's region is shown)
+        weight_k = softmax(f(X * H_k))_c - softmax(f(X * 0))_c
 
-    As in the authors' code, a constant channel (no region to show) gets weight 0, and the weight is the
-    probability itself, without subtracting a baseline.
+    The weight is the paper's "increase of confidence": the target's probability when only H_k's region is
+    shown, over its probability when nothing is (the dataset's mean colour, since inputs are normalised).
+    `subtract_baseline=False` keeps the probability itself, as the authors' code and pytorch-grad-cam do; on
+    a model with few classes that probability never falls far below 1 / classes, so every channel, however
+    uninformative, then adds its region to the map. As in the authors' code, a constant channel (no region
+    to show) gets weight 0.
     """
 
     name = "scorecam"
     summary = "Score-CAM (Wang et al., 2020): channels weighted by the score of the image they mask"
     amp_safe = True  # scores are probabilities
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], *, amp: bool = False, batch_size: int = 64,
+                 max_channels: int | None = None, subtract_baseline: bool = True) -> None:
+        super().__init__(model, layers, amp=amp, batch_size=batch_size, max_channels=max_channels)
+        self.subtract_baseline = subtract_baseline
+        self.baseline_scores: torch.Tensor | float = 0.0  # 1 x classes while a batch is explained
+
+    @torch.no_grad()
+    def channel_weights(self, activation: torch.Tensor, gradient: torch.Tensor | None, images: torch.Tensor,
+                        image_rows: torch.Tensor, targets: torch.Tensor, layer: str) -> torch.Tensor:
+        if self.subtract_baseline:  # X * 0 is the same input for every image: one pass serves them all
+            with self.autocast(images):
+                self.baseline_scores = self.model(images.new_zeros((1, *images.shape[1:]))).float().softmax(dim=1)
+        try:
+            return super().channel_weights(activation, gradient, images, image_rows, targets, layer)
+        finally:
+            self.baseline_scores = 0.0
+
+    @classmethod
+    def own_options(cls, context: TechniqueContext) -> dict[str, object]:
+        return {"subtract_baseline": context.options.scorecam.subtract_baseline}
 
     def perturbed_scores(self, activation: torch.Tensor, images: torch.Tensor, image_index: torch.Tensor,
                          channel_index: torch.Tensor, layer: str) -> torch.Tensor:
@@ -112,7 +143,7 @@ class ScoreCAM(PerturbationCAM):
                                              align_corners=False)[:, 0])
         probabilities = self.model(images[image_index] * masks[:, None]).float().softmax(dim=1)
         has_region = masks.flatten(1).amax(dim=1, keepdim=True) > 0  # constant channels score 0
-        return probabilities * has_region
+        return (probabilities - self.baseline_scores) * has_region
 
 
 class AblationCAM(PerturbationCAM):

@@ -1,4 +1,5 @@
-"""Boxes carried into the model's input, the pointing game, energy inside a box, and peaks nearer a box."""
+"""Boxes carried into the model's input, the pointing game, energy inside a box, peaks nearer a box, and
+maps denser on one box than another."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from cnnvis_cli.metrics.localisation import (
     box_masks,
+    denser_first,
     energy_inside,
     nearer_first,
     parse_box,
@@ -51,3 +53,17 @@ def test_peak_nearer_one_box_than_another() -> None:
     maps[1, 15, 15] = 1
     corner, centre = torch.tensor([[0.0, 0, 4, 4]] * 2), torch.tensor([[10.0, 10, 18, 18]] * 2)
     assert nearer_first(maps, corner, centre).tolist() == [1.0, 0.0]
+
+
+def test_denser_compares_mean_values_not_totals() -> None:
+    small, large = torch.tensor([[0.0, 0, 2, 2]] * 3), torch.tensor([[4.0, 4, 12, 12]] * 3)
+    maps = torch.zeros(3, 12, 12)
+    maps[0, :2, :2] = 0.5  # the small box holds less mass (2) than the large one (16) but is denser
+    maps[0, 4:, 4:] = 0.25
+    maps[1, 4:, 4:] = 1.0
+    masks = (box_masks(small, 12, 12), box_masks(large, 12, 12))
+    result = denser_first(maps, *masks)
+    assert result[:2].tolist() == [1.0, 0.0]
+    assert math.isnan(float(result[2]))  # an empty map
+    empty_box = torch.tensor([[3.0, 3, 3, 3]] * 3)
+    assert math.isnan(float(denser_first(maps, box_masks(empty_box, 12, 12), masks[1])[0]))

@@ -45,9 +45,11 @@ def reference_gradcam(model: nn.Module, layer: str, image: torch.Tensor, target:
 
 
 def reference_scorecam(model: nn.Module, layer: str, image: torch.Tensor, target: int,
-                       channels: list[int] | None = None) -> torch.Tensor:
-    """Score-CAM for one (image, target): one masked forward pass per channel, in a Python loop."""
+                       channels: list[int] | None = None, subtract_baseline: bool = True) -> torch.Tensor:
+    """Score-CAM for one (image, target): one masked forward pass per channel, in a Python loop, each score
+    less that of the image with nothing shown (all zeros) unless `subtract_baseline` is False."""
     with torch.no_grad():
+        baseline = float(model(torch.zeros_like(image)[None]).softmax(dim=1)[0, target]) if subtract_baseline else 0.0
         _, activation = layer_output(model, layer, image, keep_grad=False)
         activation = activation[0].clone()
         cam = torch.zeros_like(activation[0])
@@ -57,7 +59,7 @@ def reference_scorecam(model: nn.Module, layer: str, image: torch.Tensor, target
             if up.max() == up.min():
                 continue
             mask = (up - up.min()) / (up.max() - up.min())
-            score = model((image * mask)[None]).softmax(dim=1)[0, target]
+            score = model((image * mask)[None]).softmax(dim=1)[0, target] - baseline
             cam += score * activation[k]
     return finish(cam, image.shape[-2:])
 

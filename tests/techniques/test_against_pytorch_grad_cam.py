@@ -150,9 +150,10 @@ def test_eigencam_agrees_with_pytorch_grad_cam_up_to_the_sign_of_the_component(n
 
 
 class GradCamStyleScoreCAM(ScoreCAM):
-    """cnnvis's Score-CAM with pytorch-grad-cam's three changes: masks upsampled with align_corners=True and
+    """cnnvis's Score-CAM with pytorch-grad-cam's changes: masks upsampled with align_corners=True and
     normalised with +1e-8 (so constant channels mask the image to black and are scored), and channel weights
-    softmax(logits over channels) instead of each masked image's probability of the target."""
+    softmax(logits over channels) instead of each masked image's probability of the target (built with
+    subtract_baseline=False: no baseline's score is subtracted)."""
 
     def perturbed_scores(self, activation, images, image_index, channel_index, layer):
         channel_maps = torch.nn.functional.interpolate(activation[image_index, channel_index][:, None],
@@ -165,7 +166,7 @@ class GradCamStyleScoreCAM(ScoreCAM):
         return scores.softmax(dim=1)
 
 
-def test_scorecam_differs_from_pytorch_grad_cam_only_by_its_three_changes() -> None:
+def test_scorecam_differs_from_pytorch_grad_cam_only_by_its_four_changes() -> None:
     torch.manual_seed(0)
     model, layer = torchvision.models.resnet18(weights=None).eval(), "layer4"
     images = torch.randn(2, 3, 64, 64)
@@ -174,9 +175,10 @@ def test_scorecam_differs_from_pytorch_grad_cam_only_by_its_three_changes() -> N
     reference.batch_size = 128
     theirs = reference(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets])
     rows = (images, torch.arange(2), torch.tensor(targets))
-    with_their_changes = GradCamStyleScoreCAM(model, [layer], batch_size=128).explain(*rows).maps.numpy()
+    with_their_changes = GradCamStyleScoreCAM(model, [layer], batch_size=128, subtract_baseline=False).explain(
+        *rows).maps.numpy()
     assert all(np.ptp(m) > 0 for m in theirs)
     assert min(per_image_pearson(with_their_changes, theirs)) >= 0.99
     np.testing.assert_allclose(with_their_changes, theirs, atol=1e-3)
-    ours = ScoreCAM(model, [layer], batch_size=128).explain(*rows).maps.numpy()
+    ours = ScoreCAM(model, [layer], batch_size=128, subtract_baseline=False).explain(*rows).maps.numpy()
     assert not np.allclose(ours, theirs, atol=1e-2)  # the changes matter

@@ -14,13 +14,29 @@ from cnnvis_cli.techniques.perturbation import AblationCAM, ScoreCAM
 def test_matches_the_definition_whatever_the_streaming_batch(tiny_net, technique, reference, seed: int) -> None:
     torch.manual_seed(seed)
     images = torch.randn(2, 3, 16, 16)
-    image_rows, targets = torch.tensor([0, 1, 1]), torch.tensor([3, 0, 4])
+    image_rows, targets = torch.tensor([0, 1, 1]), torch.tensor([2, 0, 4])
     expected = torch.stack([reference(tiny_net, "features", images[i], int(t))
                             for i, t in zip(image_rows, targets, strict=True)])
     assert all(float(m.max()) == 1.0 for m in expected)  # maps with content
     for batch_size in (1, 7, 64):
         maps = technique(tiny_net, ["features"], batch_size=batch_size).explain(images, image_rows, targets).maps
-        torch.testing.assert_close(maps, expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(maps, expected, atol=1e-4, rtol=1e-4)  # Score-CAM: differences of probabilities
+
+
+def test_without_the_baseline_the_weights_are_the_probabilities_of_the_authors_code(tiny_net) -> None:
+    with torch.no_grad():  # a few constant channels, which must weigh 0 with or without the baseline
+        tiny_net.features[4].bias[:3] = 50.0
+        tiny_net.features[4].weight[:3] = 0.0
+    torch.manual_seed(7)
+    images = torch.randn(2, 3, 16, 16)
+    image_rows, targets = torch.tensor([0, 1, 1]), torch.tensor([3, 0, 4])
+    expected = torch.stack([reference_scorecam(tiny_net, "features", images[i], int(t), subtract_baseline=False)
+                            for i, t in zip(image_rows, targets, strict=True)])
+    increase = ScoreCAM(tiny_net, ["features"]).explain(images, image_rows, targets).maps
+    maps = ScoreCAM(tiny_net, ["features"], subtract_baseline=False, batch_size=5).explain(
+        images, image_rows, targets).maps
+    torch.testing.assert_close(maps, expected, atol=1e-5, rtol=1e-4)
+    assert (maps - increase).abs().amax() > 0.05  # the baseline changes the maps
 
 
 def test_max_channels_scores_only_the_most_active_channels(tiny_net) -> None:
