@@ -97,7 +97,8 @@ def with_metrics(run: Path, technique: str, deletion: float, insertion: float) -
     summary = json.loads((run / "summary.json").read_text())
     summary["metrics"] = {"names": ["deletion", "insertion"], "steps": 20, "per_technique": {technique: {
         "all maps": {"maps": 4, "deletion_auc": deletion, "insertion_auc": insertion},
-        "predicted class, wrong": {"maps": 2, "deletion_auc": deletion + 0.1, "nearer_cue": 0.75}}}}
+        "predicted class, wrong": {"maps": 2, "deletion_auc": deletion + 0.1, "nearer_cue": 0.75,
+                                  "denser_cue": 0.875}}}}
     (run / "summary.json").write_text(json.dumps(summary))
     return run
 
@@ -106,9 +107,10 @@ def test_metrics_table_per_technique_and_group(tmp_path: Path) -> None:
     page = write_report(with_metrics(fake_run(tmp_path / "run"), "gradcam", 0.25, 0.5)).read_text()
     assert "Can these heatmaps be trusted?" in page
     assert ('<tr><td>gradcam</td><td>all maps</td><td class="n">4</td><td class="n">0.250</td>'
-            '<td class="n">0.500</td><td></td></tr>') in page
-    assert '<td>predicted class, wrong</td><td class="n">2</td><td class="n">0.350</td><td></td>' in page
-    assert "peak nearer the cue than the object" in page
+            '<td class="n">0.500</td><td></td><td></td></tr>') in page
+    assert ('<td>predicted class, wrong</td><td class="n">2</td><td class="n">0.350</td><td></td>'
+            '<td class="n">0.750</td><td class="n">0.875</td></tr>') in page
+    assert "peak nearer the cue than the object" in page and "denser on the cue than the object" in page
     assert "Can these heatmaps" not in write_report(fake_run(tmp_path / "plain")).read_text()
 
 

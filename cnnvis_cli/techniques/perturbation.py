@@ -112,7 +112,7 @@ class ScoreCAM(PerturbationCAM):
     """
 
     name = "scorecam"
-    summary = "Score-CAM (Wang et al., 2020): channels weighted by the score of the image they mask"
+    summary = "Score-CAM (Wang et al., 2020): channels weighted by how much the image they mask raises the score"
     amp_safe = True  # scores are probabilities
 
     def __init__(self, model: nn.Module, layers: Sequence[str], *, amp: bool = False, batch_size: int = 64,
