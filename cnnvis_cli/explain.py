@@ -82,7 +82,7 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                 continue
             batch_cases = [case_of_index[index] for index in batch.indices]
             rows = [(position, target) for position, case in enumerate(batch_cases)
-                    for target in _targets(case, predictions, parsed_targets)]
+                    for target in case_targets(case, predictions, parsed_targets)]
             if not rows:  # e.g. targets=[true] on unlabelled images
                 bar.advance(task, len(batch.indices))
                 continue
@@ -255,7 +255,7 @@ def already_written(cases: list[Case], predictions: Predictions, technique_names
         index = int(predictions.indices[case.row])
         record = Explained(case, panel=panel_path(index, predictions.sample_ids[case.row]) if options.panels else None)
         for technique in technique_names:
-            for target in _targets(case, predictions, parsed_targets):
+            for target in case_targets(case, predictions, parsed_targets):
                 path, map_path = output_paths(technique, index, case, target, predictions, class_names)
                 record.overlays.append(path)
                 if options.save_maps:
@@ -266,7 +266,8 @@ def already_written(cases: list[Case], predictions: Predictions, technique_names
     return done
 
 
-def _targets(case: Case, predictions: Predictions, parsed_targets: list[str | int]) -> list[Target]:
+def case_targets(case: Case, predictions: Predictions, parsed_targets: list[str | int]) -> list[Target]:
+    """The targets a case is explained for (`targets=[...]`), duplicates merged."""
     label = int(predictions.labels[case.row])
     return targets_for(parsed_targets, int(predictions.predicted[case.row]),
                        None if label == UNLABELLED else label,

@@ -7,18 +7,24 @@
   best mean silhouette (Rousseeuw, J. Comput. Appl. Math. 1987) from 2 to 8, or `analysis_groups`. A
   systematic failure (always the lower-left corner, the background, a watermark) comes out as a group
   whose mean map shows the place.
-Maps are kept shrunk in memory (1 KB each), so a run of any size can be grouped.
+Maps are kept shrunk in memory (1 KB each), so a run of any size can be grouped, and streamed to
+`patterns/maps.csv`, from which a resumed run reads back the maps of the samples it does not explain again.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from cnnvis_cli.run_dir import CsvStream, safe_name
 
 MAP_SIDE = 16
 MAX_GROUPS = 8
@@ -37,18 +43,44 @@ class MapEntry:
     overlay: str  # relative path of the overlay in the run directory
 
 
-class MapCollector:
-    """Keeps the predicted-class maps of the explanation stage, shrunk to MAP_SIDE x MAP_SIDE."""
+MAPS_FILE = "patterns/maps.csv"  # the shrunk maps, float32 in base64, with their entries
+MAPS_HEADER = [*(field.name for field in fields(MapEntry)), "map"]
 
-    def __init__(self) -> None:
+
+class MapCollector:
+    """Keeps the predicted-class maps of the explanation stage, shrunk to MAP_SIDE x MAP_SIDE, and streams
+    them to `csv` when given."""
+
+    def __init__(self, csv: CsvStream | None = None) -> None:
         self.entries: list[MapEntry] = []
         self.maps: list[torch.Tensor] = []
+        self.csv = csv
 
     def add(self, maps: torch.Tensor, entries: list[MapEntry]) -> None:
         """`maps`: R x H x W in [0, 1], one per entry."""
         if entries:
-            self.maps.append(F.adaptive_avg_pool2d(maps[:, None].float(), MAP_SIDE)[:, 0].cpu())
-            self.entries += entries
+            self.restore(F.adaptive_avg_pool2d(maps[:, None].float(), MAP_SIDE)[:, 0].cpu(), entries)
+
+    def restore(self, shrunk: torch.Tensor, entries: list[MapEntry]) -> None:
+        """Take maps already shrunk (N x MAP_SIDE x MAP_SIDE): fresh ones from `add`, or those a resumed
+        run read back with `finished_maps`."""
+        self.maps.append(shrunk)
+        self.entries += entries
+        if self.csv is not None:
+            self.csv.write([
+                entry.technique, entry.index, entry.sample_id, entry.true_class, entry.predicted_class,
+                "" if entry.correct is None else int(entry.correct), entry.overlay,
+                base64.b64encode(one.numpy().astype("<f4").tobytes()).decode("ascii")]
+                for entry, one in zip(entries, shrunk, strict=True))
+
+    def sort(self, order: dict[int, int]) -> None:
+        """Put the maps in the order of `order` (sample index -> place), as an uninterrupted run has them:
+        a resumed run collects the samples it read back first."""
+        if not self.maps:
+            return
+        everything = torch.cat(self.maps)
+        rows = sorted(range(len(self.entries)), key=lambda row: order.get(self.entries[row].index, len(order)))
+        self.maps, self.entries = [everything[rows]], [self.entries[row] for row in rows]
 
     def stacked(self, technique: str) -> tuple[torch.Tensor, list[MapEntry]]:
         """The technique's maps (N x MAP_SIDE x MAP_SIDE) and their entries, in the order collected."""
@@ -57,6 +89,32 @@ class MapCollector:
         everything = torch.cat(self.maps)
         chosen = [row for row, entry in enumerate(self.entries) if entry.technique == technique]
         return everything[chosen], [self.entries[row] for row in chosen]
+
+
+def finished_maps(run_root: Path) -> dict[int, list[tuple[MapEntry, torch.Tensor]]]:
+    """The shrunk maps an earlier attempt of this run collected (patterns/maps.csv, or its .partial), by
+    sample index; none when the file is missing or has other columns."""
+    for name in (MAPS_FILE, MAPS_FILE + ".partial"):
+        path = run_root / name
+        if not path.is_file():
+            continue
+        with path.open(newline="", encoding="utf-8") as file:
+            lines = list(csv.reader(file))
+        if not lines or lines[0] != MAPS_HEADER:
+            return {}
+        found: dict[int, list[tuple[MapEntry, torch.Tensor]]] = defaultdict(list)
+        for line in lines[1:]:
+            if len(line) != len(MAPS_HEADER):
+                continue  # a line cut short by a kill
+            technique, index, sample_id, true_class, predicted_class, correct, overlay, encoded = line
+            values = np.frombuffer(base64.b64decode(encoded), dtype="<f4")
+            if values.size != MAP_SIDE * MAP_SIDE:
+                continue
+            entry = MapEntry(technique, int(index), sample_id, true_class, predicted_class,
+                             None if correct == "" else correct == "1", overlay)
+            found[entry.index].append((entry, torch.from_numpy(values.astype(np.float32).reshape(MAP_SIDE, MAP_SIDE))))
+        return dict(found)
+    return {}
 
 
 def kmeans(points: torch.Tensor, k: int, seed: int, iterations: int = 100) -> torch.Tensor:
@@ -159,8 +217,6 @@ def find_patterns(collector: MapCollector, techniques: list[str], analyses: list
                   seed: int, write) -> dict[str, dict[str, list[dict]]]:
     """Every analysis asked for, per technique; `write(relative_path, bytes)` stores the mean-map pictures.
     Returns what summary.json and the report show."""
-    from cnnvis_cli.run_dir import safe_name
-
     found: dict[str, dict[str, list[dict]]] = {}
     grouped = [["technique", "group", "index", "sample_id", "true_class", "predicted_class", "correct", "overlay"]]
     for technique in techniques:

@@ -32,7 +32,7 @@ from cnnvis_cli.data import (
 )
 from cnnvis_cli.device import resolve_device
 from cnnvis_cli.errors import UserError
-from cnnvis_cli.explain import Explained, RenderOptions, already_written, explain_cases
+from cnnvis_cli.explain import Explained, RenderOptions, explain_cases
 from cnnvis_cli.inference import (
     Predictions,
     class_name,
@@ -44,8 +44,9 @@ from cnnvis_cli.inference import (
 )
 from cnnvis_cli.metrics import MetricRecorder
 from cnnvis_cli.models import LoadedModel, load_model, resolve_target_layer
-from cnnvis_cli.patterns import MapCollector, find_patterns
+from cnnvis_cli.patterns import MAPS_FILE, MAPS_HEADER, MapCollector, find_patterns
 from cnnvis_cli.report import write_report
+from cnnvis_cli.resume import Finished, finished_work
 from cnnvis_cli.run_dir import RunDir
 from cnnvis_cli.sanity import cascading_randomisation, compare_maps, record_sanity
 from cnnvis_cli.selection import Selection, select
@@ -167,20 +168,25 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
 
     options = RenderOptions(cfg.render.colormap, cfg.render.alpha, cfg.save_maps, cfg.render.panels, cfg.render.zoom,
                             cfg.render.zoom_threshold, cfg.render.topn, cfg.render.panel_size)
-    # metrics and maps for the analyses are kept in memory, so a resumed run with either explains every sample
-    done = already_written(selection.cases, predictions, [t.name for t in techniques], parsed_targets, class_names,
-                           run_dir, options) if cfg.resume and not (cfg.metrics or cfg.analysis) else {}
+    has_cue = "cue_box" in source.extra_columns
+    metrics_header = MetricRecorder.header(cfg.metrics, has_cue) if cfg.metrics else None
+    finished = finished_work(selection.cases, predictions, [t.name for t in techniques], parsed_targets, class_names,
+                             run_dir, options, metrics_header, bool(cfg.analysis)) if cfg.resume else Finished()
+    done = finished.explained
     if done:
         log.info("resuming: %d of %d selected samples already explained", len(done), len(selection.cases))
     todo = [case for case in selection.cases if case.row not in done]
-    has_cue = "cue_box" in source.extra_columns
     with ExitStack() as stack:
-        recorder = None
-        collector = MapCollector() if cfg.analysis else None
-        if cfg.metrics:
-            csv = stack.enter_context(run_dir.csv_stream("metrics.csv", MetricRecorder.header(cfg.metrics, has_cue)))
+        recorder = collector = None
+        if cfg.analysis:
+            collector = MapCollector(stack.enter_context(run_dir.csv_stream(MAPS_FILE, MAPS_HEADER)))
+            if finished.maps:
+                collector.restore(torch.stack(finished.maps), finished.map_entries)
+        if metrics_header:
+            csv = stack.enter_context(run_dir.csv_stream("metrics.csv", metrics_header))
             recorder = MetricRecorder(cfg.metrics, cfg.metrics_steps, loaded.preprocess,
                                       inputs_per_pass(techniques_context(cfg, loaded, layers)), csv, has_cue)
+            recorder.restore(finished.metric_rows)
         fresh = explain_cases(
             loader([int(predictions.indices[case.row]) for case in todo], cfg.explain_batch_size), todo,
             predictions, techniques, parsed_targets, class_names, loaded.preprocess, device, run_dir, options,
@@ -204,6 +210,7 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     if sanity is not None:
         summary["sanity"] = sanity
     if collector is not None:
+        collector.sort({int(predictions.indices[case.row]): place for place, case in enumerate(selection.cases)})
         summary["patterns"] = find_patterns(collector, [t.name for t in techniques], cfg.analysis, cfg.analysis_groups,
                                             cfg.seed, lambda path, data: (run_dir.write_bytes(path, data), path)[1])
     if cfg.report:

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cnnvis_cli.patterns import (
     MAP_SIDE,
+    MAPS_FILE,
+    MAPS_HEADER,
     MapCollector,
     MapEntry,
     find_patterns,
+    finished_maps,
     group_maps,
     kmeans,
     mean_maps,
@@ -29,6 +33,29 @@ def spot_maps(corners: list[int], seed: int = 0) -> torch.Tensor:
         top, left = (corner // 2) * 10, (corner % 2) * 10
         maps[row, top:top + 5, left:left + 5] += 1
     return maps
+
+
+def test_collected_maps_are_streamed_and_read_back_exactly_in_the_order_asked(tmp_path: Path) -> None:
+    from cnnvis_cli.run_dir import RunDir
+
+    maps = torch.rand((3, 56, 56), generator=torch.Generator().manual_seed(0))
+    entries = [MapEntry("gradcam", index, f"{index}.png", "oak", "elm", correct, f"heatmaps/{index}.png")
+               for index, correct in ((9, False), (4, True), (6, None))]
+    with RunDir(tmp_path).csv_stream(MAPS_FILE, MAPS_HEADER) as stream:
+        collector = MapCollector(stream)
+        collector.add(maps, entries)
+    shrunk = F.adaptive_avg_pool2d(maps[:, None], MAP_SIDE)[:, 0]
+    read = finished_maps(tmp_path)
+    assert sorted(read) == [4, 6, 9]
+    for row, entry in enumerate(entries):
+        (found_entry, found_map), = read[entry.index]
+        assert found_entry == entry and torch.equal(found_map, shrunk[row])
+
+    collector.sort({4: 0, 6: 1, 9: 2})  # the selection's order
+    stacked, in_order = collector.stacked("gradcam")
+    assert [entry.index for entry in in_order] == [4, 6, 9] and torch.equal(stacked, shrunk[[1, 2, 0]])
+    (tmp_path / MAPS_FILE).write_text("technique,index\n")
+    assert finished_maps(tmp_path) == {}  # other columns: nothing reused
 
 
 def test_well_separated_groups_are_found_and_counted() -> None:

@@ -3,13 +3,18 @@ outputs must equal those of a run that was never interrupted."""
 
 from __future__ import annotations
 
+import base64
+import csv
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_cli import CNNVIS, cnnvis
 
@@ -23,11 +28,12 @@ def outputs(run: Path) -> dict[str, bytes]:
             if path.is_file() and (path.name in keep or path.parts[len(run.parts)] in ("heatmaps", "panels"))}
 
 
-def start_and_stop(folder: Path, cwd: Path, stop_when, sig: int) -> subprocess.CompletedProcess[str]:
+def start_and_stop(folder: Path, cwd: Path, stop_when, sig: int,
+                   args: list[str] = ARGS) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
     # a shell that started us in the background may have set SIGINT to be ignored, which the child would
     # inherit (and Python then installs no KeyboardInterrupt handler): give it the default back, as a terminal would
-    process = subprocess.Popen([CNNVIS, "run", *ARGS, f"hydra.run.dir={folder}"], cwd=cwd, env=env,
+    process = subprocess.Popen([CNNVIS, "run", *args, f"hydra.run.dir={folder}"], cwd=cwd, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
@@ -83,3 +89,79 @@ def test_kill_9_then_resume_gives_the_same_outputs(stage: str, uninterrupted: Pa
 def test_resume_needs_a_run_directory_and_nothing_else(tmp_path: Path) -> None:
     result = cnnvis("run", f"resume={tmp_path}", cwd=tmp_path)
     assert result.returncode == 2 and "is not a cnnvis run directory" in result.stderr
+
+
+# small batches, so that a kill lands between two of them
+WITH_METRICS = [*ARGS, "explain_batch_size=4", "metrics=[deletion,insertion,drop,pointing,energy]",
+                "analysis=[groups,confusions,classes]"]
+
+
+def csv_rows(path: Path) -> list[list[str]]:
+    with path.open(newline="", encoding="utf-8") as file:
+        header, *rows = csv.reader(file)
+    return [header, *sorted(rows)]
+
+
+def assert_same_metrics(resumed: Path, whole: Path) -> None:
+    """metrics.csv holds the same rows (a resumed run writes those it read back first), values to 1e-5."""
+    ours, theirs = csv_rows(resumed / "metrics.csv"), csv_rows(whole / "metrics.csv")
+    assert len(ours) == len(theirs) and ours[0] == theirs[0]
+    for mine, other in zip(ours[1:], theirs[1:], strict=True):
+        assert mine[:6] == other[:6]
+        assert [value == "" for value in mine] == [value == "" for value in other]
+        assert all(abs(float(a) - float(b)) < 1e-5 for a, b in zip(mine[6:], other[6:], strict=True) if a)
+
+
+@pytest.fixture(scope="module")
+def whole_with_metrics(tmp_path_factory) -> Path:
+    whole = tmp_path_factory.mktemp("whole") / "run"  # every run here is called "run": the report shows it
+    assert cnnvis("run", *WITH_METRICS, f"hydra.run.dir={whole}", cwd=whole.parent).returncode == 0
+    return whole
+
+
+def test_a_resumed_run_with_metrics_and_analyses_reuses_what_was_finished(whole_with_metrics: Path,
+                                                                          tmp_path: Path) -> None:
+    whole, folder = whole_with_metrics, tmp_path / "run"
+    killed = start_and_stop(folder, tmp_path, lambda: written(folder) >= 8, signal.SIGKILL, WITH_METRICS)
+    assert killed.returncode == -signal.SIGKILL
+    assert (folder / "metrics.csv.partial").is_file() and (folder / "patterns" / "maps.csv.partial").is_file()
+    panels_before = {path.name: path.stat().st_mtime_ns for path in (folder / "panels").glob("*.png")}
+
+    resumed = cnnvis("run", f"resume={folder}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    reused = int(re.search(r"resuming: (\d+) of 49 selected samples already explained", resumed.stderr).group(1))
+    assert 8 <= reused < 49
+    # the finished samples were not explained again: their panels are the files written before the kill
+    unchanged = [name for name, mtime in panels_before.items()
+                 if (folder / "panels" / name).stat().st_mtime_ns == mtime]
+    assert len(unchanged) >= reused
+    assert outputs(folder) == outputs(whole)
+    assert_same_metrics(folder, whole)
+    summary, expected = (json.loads((run / "summary.json").read_text()) for run in (folder, whole))
+    for group, means in expected["metrics"]["per_technique"]["scorecam"].items():
+        assert summary["metrics"]["per_technique"]["scorecam"][group] == pytest.approx(means, abs=1e-4)
+    assert csv_rows(folder / "patterns" / "groups.csv") == csv_rows(whole / "patterns" / "groups.csv")
+    assert summary["patterns"] == expected["patterns"]
+
+
+def test_a_sample_missing_its_metric_rows_or_its_maps_is_explained_again(whole_with_metrics: Path,
+                                                                         tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    shutil.copytree(whole_with_metrics, folder)
+    metrics, maps = csv_rows(folder / "metrics.csv"), csv_rows(folder / "patterns" / "maps.csv")
+    first, second = metrics[1][0], maps[-1][1]  # two sample indices
+    assert first != second
+    for path, rows, column, index in ((folder / "metrics.csv", metrics, 0, first),
+                                      (folder / "patterns" / "maps.csv", maps, 1, second)):
+        with path.open("w", newline="", encoding="utf-8") as file:
+            csv.writer(file).writerows(row for row in rows if row[column] != index)
+    resumed = cnnvis("run", f"resume={folder}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming: 47 of 49 selected samples already explained" in resumed.stderr
+    assert_same_metrics(folder, whole_with_metrics)
+    ours, theirs = (csv_rows(run / "patterns" / "maps.csv") for run in (folder, whole_with_metrics))
+    assert [row[:-1] for row in ours] == [row[:-1] for row in theirs]
+    for mine, other in zip(ours[1:], theirs[1:], strict=True):  # the shrunk maps, float32 in base64
+        assert np.allclose(*(np.frombuffer(base64.b64decode(row[-1]), dtype="<f4") for row in (mine, other)),
+                           atol=1e-5)
+    assert outputs(folder) == outputs(whole_with_metrics)

@@ -2,13 +2,16 @@
 technique) row: faithfulness (`faithfulness.py`) and, where the dataset gives boxes, localisation
 (`localisation.py`). `metrics=[deletion,insertion,drop,pointing,energy]` picks them; each row goes to
 `metrics.csv` as its batch finishes, and the averages per technique to `summary.json` and the report.
+A resumed run reads back the rows of the samples it does not explain again (`finished_rows`).
 """
 
 from __future__ import annotations
 
+import csv
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -121,15 +124,23 @@ class MetricRecorder:
             values["nearer_cue"] = torch.where(both, nearer_first(maps, cue, thing), torch.nan)
             values["denser_cue"] = torch.where(both, denser_first(maps, cue_masks, thing_masks), torch.nan)
         table = {name: value.float().cpu().tolist() for name, value in values.items() if name in self.columns}
-        for row, info in enumerate(infos):
-            entry = {"technique": technique, "prediction": info.explains_prediction, "correct": info.correct,
-                     **{name: table[name][row] for name in table}}
-            self.rows.append(entry)
-        self.csv.write(
-            [info.index, info.sample_id, technique, info.role, info.target_class,
-             "" if info.correct is None else int(info.correct),
-             *(_number(table[name][row]) if name in table else "" for name in self.columns)]
-            for row, info in enumerate(infos))
+        lines = [[str(info.index), info.sample_id, technique, info.role, info.target_class,
+                  "" if info.correct is None else str(int(info.correct)),
+                  *(_number(table[name][row]) if name in table else "" for name in self.columns)]
+                 for row, info in enumerate(infos)]
+        self.restore(lines)
+
+    def restore(self, lines: list[list[str]]) -> None:
+        """Take CSV rows (as `header()` orders them) into the file and the averages: fresh ones from
+        `record`, or those a resumed run read back with `finished_rows`."""
+        for line in lines:
+            row = dict(zip(ROW_COLUMNS + self.columns, line, strict=True))
+            self.rows.append({
+                "technique": row["technique"], "prediction": "pred" in row["target"].split("+"),
+                "correct": None if row["correct"] == "" else row["correct"] == "1",
+                **{name: float(row[name]) if row[name] else math.nan for name in self.columns},
+            })
+        self.csv.write(lines)
 
     def _boxes(self, extras: list[dict[str, str]], column: str, image_rows: torch.Tensor,
                maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -157,6 +168,25 @@ class MetricRecorder:
                 technique_groups["predicted class, correct" if row["correct"] else "predicted class, wrong"].append(row)
         return {technique: {group: _means(rows, self.columns) for group, rows in by_group.items()}
                 for technique, by_group in groups.items()}
+
+
+def finished_rows(run_root: Path, header: list[str]) -> dict[int, list[list[str]]]:
+    """The rows an earlier attempt of this run wrote to metrics.csv (or, if it was interrupted, to
+    metrics.csv.partial), by sample index; none when the file is missing or has other columns."""
+    for name in ("metrics.csv", "metrics.csv.partial"):
+        path = run_root / name
+        if not path.is_file():
+            continue
+        with path.open(newline="", encoding="utf-8") as file:
+            lines = list(csv.reader(file))
+        if not lines or lines[0] != header:
+            return {}
+        by_index: dict[int, list[list[str]]] = defaultdict(list)
+        for line in lines[1:]:
+            if len(line) == len(header):  # a line cut short by a kill is left out
+                by_index[int(line[0])].append(line)
+        return dict(by_index)
+    return {}
 
 
 def _means(rows: list[dict[str, Any]], columns: list[str]) -> dict[str, float | int]:

@@ -9,7 +9,10 @@ import pytest
 from helpers import run_config
 
 from cnnvis_cli.errors import UserError
+from cnnvis_cli.metrics import MetricRecorder, finished_rows
+from cnnvis_cli.models import Preprocess
 from cnnvis_cli.pipeline import run
+from cnnvis_cli.run_dir import RunDir
 
 ALL = "metrics=[deletion,insertion,drop,pointing,energy]"
 
@@ -84,3 +87,30 @@ def test_boxes_of_an_image_folder_score_the_pointing_game(tmp_path: Path) -> Non
     assert rows["dog/img_0.png"]["pointing_object"] == ""  # no box, no score
     assert "pointing_cue" not in rows["cat/img_0.png"]
     assert result.summary["metrics"]["per_technique"]["gradcam"]["all maps"]["pointing_object"] in (0.5, 1.0)
+
+
+def test_rows_read_back_for_a_resumed_run_give_the_same_averages(tmp_path: Path) -> None:
+    header = MetricRecorder.header(["deletion", "pointing"], has_cue=False)
+    assert header[6:] == ["deletion_auc", "pointing_object"]
+    lines = [["3", "a.png", "gradcam", "pred", "oak", "1", "0.200000", "1.000000"],
+             ["3", "a.png", "gradcam", "true", "elm", "1", "0.400000", ""],  # no box: no pointing
+             ["5", "b.png", "gradcam", "pred+top1", "elm", "0", "0.600000", "0.000000"],
+             ["7", "c.png", "gradcam", "pred", "oak", "", "0.100000", "1.000000"]]  # unlabelled
+    with (tmp_path / "metrics.csv.partial").open("w", newline="", encoding="utf-8") as file:
+        csv.writer(file).writerows([header, *lines])
+        file.write("8,d.png,gradcam,pr")  # the line a kill cut short
+    read = finished_rows(tmp_path, header)
+    assert read == {3: lines[:2], 5: lines[2:3], 7: lines[3:]}
+    assert finished_rows(tmp_path, header[:-1]) == {}  # another run's columns: nothing reused
+    assert finished_rows(tmp_path / "elsewhere", header) == {}
+
+    out = RunDir(tmp_path / "resumed")
+    with out.csv_stream("metrics.csv", header) as stream:
+        recorder = MetricRecorder(["deletion", "pointing"], 4, Preprocess(64, 56, (0.5,) * 3, (0.5,) * 3), 8, stream,
+                                  has_cue=False)
+        recorder.restore([line for index in sorted(read) for line in read[index]])
+    averages = recorder.summary()["gradcam"]
+    assert averages["all maps"] == {"maps": 4, "deletion_auc": 0.325, "pointing_object": pytest.approx(2 / 3, abs=1e-4)}
+    assert averages["predicted class, correct"] == {"maps": 1, "deletion_auc": 0.2, "pointing_object": 1.0}
+    assert averages["predicted class, wrong"] == {"maps": 1, "deletion_auc": 0.6, "pointing_object": 0.0}
+    assert finished_rows(out.root, header) == read  # written back whole, in the file the run finishes
