@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnvis_cli.run_dir import CsvStream, safe_name
+from cnnvis_cli.run_dir import CsvStream, read_stream, safe_name
 
 MAP_SIDE = 16
 MAX_GROUPS = 8
@@ -59,9 +59,9 @@ class MapCollector:
     def add(self, maps: torch.Tensor, entries: list[MapEntry]) -> None:
         """`maps`: R x H x W in [0, 1], one per entry."""
         if entries:
-            self.restore(F.adaptive_avg_pool2d(maps[:, None].float(), MAP_SIDE)[:, 0].cpu(), entries)
+            self.keep(F.adaptive_avg_pool2d(maps[:, None].float(), MAP_SIDE)[:, 0].cpu(), entries)
 
-    def restore(self, shrunk: torch.Tensor, entries: list[MapEntry]) -> None:
+    def keep(self, shrunk: torch.Tensor, entries: list[MapEntry]) -> None:
         """Take maps already shrunk (N x MAP_SIDE x MAP_SIDE): fresh ones from `add`, or those a resumed
         run read back with `finished_maps`."""
         self.maps.append(shrunk)
@@ -93,28 +93,15 @@ class MapCollector:
 
 def finished_maps(run_root: Path) -> dict[int, list[tuple[MapEntry, torch.Tensor]]]:
     """The shrunk maps an earlier attempt of this run collected (patterns/maps.csv, or its .partial), by
-    sample index; none when the file is missing or has other columns."""
-    for name in (MAPS_FILE, MAPS_FILE + ".partial"):
-        path = run_root / name
-        if not path.is_file():
-            continue
-        with path.open(newline="", encoding="utf-8") as file:
-            lines = list(csv.reader(file))
-        if not lines or lines[0] != MAPS_HEADER:
-            return {}
-        found: dict[int, list[tuple[MapEntry, torch.Tensor]]] = defaultdict(list)
-        for line in lines[1:]:
-            if len(line) != len(MAPS_HEADER):
-                continue  # a line cut short by a kill
-            technique, index, sample_id, true_class, predicted_class, correct, overlay, encoded = line
-            values = np.frombuffer(base64.b64decode(encoded), dtype="<f4")
-            if values.size != MAP_SIDE * MAP_SIDE:
-                continue
-            entry = MapEntry(technique, int(index), sample_id, true_class, predicted_class,
-                             None if correct == "" else correct == "1", overlay)
-            found[entry.index].append((entry, torch.from_numpy(values.astype(np.float32).reshape(MAP_SIDE, MAP_SIDE))))
-        return dict(found)
-    return {}
+    sample index."""
+    found: dict[int, list[tuple[MapEntry, torch.Tensor]]] = defaultdict(list)
+    for line in read_stream(run_root / MAPS_FILE, MAPS_HEADER):
+        technique, index, sample_id, true_class, predicted_class, correct, overlay, encoded = line
+        values = np.frombuffer(base64.b64decode(encoded), dtype="<f4")
+        entry = MapEntry(technique, int(index), sample_id, true_class, predicted_class,
+                         None if correct == "" else correct == "1", overlay)
+        found[entry.index].append((entry, torch.from_numpy(values.copy()).reshape(MAP_SIDE, MAP_SIDE)))
+    return dict(found)
 
 
 def kmeans(points: torch.Tensor, k: int, seed: int, iterations: int = 100) -> torch.Tensor:

@@ -42,7 +42,7 @@ from cnnvis_cli.inference import (
     predictions_bytes,
     predictions_from_bytes,
 )
-from cnnvis_cli.metrics import MetricRecorder
+from cnnvis_cli.metrics import METRICS_FILE, MetricRecorder
 from cnnvis_cli.models import LoadedModel, load_model, resolve_target_layer
 from cnnvis_cli.patterns import MAPS_FILE, MAPS_HEADER, MapCollector, find_patterns
 from cnnvis_cli.report import write_report
@@ -181,12 +181,12 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
         if cfg.analysis:
             collector = MapCollector(stack.enter_context(run_dir.csv_stream(MAPS_FILE, MAPS_HEADER)))
             if finished.maps:
-                collector.restore(torch.stack(finished.maps), finished.map_entries)
+                collector.keep(torch.stack(finished.maps), finished.map_entries)
         if metrics_header:
-            csv = stack.enter_context(run_dir.csv_stream("metrics.csv", metrics_header))
+            csv = stack.enter_context(run_dir.csv_stream(METRICS_FILE, metrics_header))
             recorder = MetricRecorder(cfg.metrics, cfg.metrics_steps, loaded.preprocess,
                                       inputs_per_pass(techniques_context(cfg, loaded, layers)), csv, has_cue)
-            recorder.restore(finished.metric_rows)
+            recorder.keep(finished.metric_rows)
         fresh = explain_cases(
             loader([int(predictions.indices[case.row]) for case in todo], cfg.explain_batch_size), todo,
             predictions, techniques, parsed_targets, class_names, loaded.preprocess, device, run_dir, options,

@@ -42,7 +42,7 @@ def finished_work(cases: list[Case], predictions: Predictions, technique_names: 
     for row, record in written.items():
         index = int(predictions.indices[row])
         targets = case_targets(record.case, predictions, parsed_targets)
-        predicted_rows = sum("pred" in target.role.split("+") for target in targets)
+        predicted_rows = sum(target.explains_prediction for target in targets)
         if metrics_header and len(rows.get(index, [])) != len(technique_names) * len(targets):
             continue
         if collects_maps and len(collected.get(index, [])) != len(technique_names) * predicted_rows:

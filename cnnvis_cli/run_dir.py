@@ -6,6 +6,7 @@ Everything a run writes goes through `RunDir`, which refuses any path that would
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -65,6 +66,20 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def read_stream(path: Path, header: Sequence[str]) -> list[list[str]]:
+    """The rows a `CsvStream` wrote to `path` (or, if its run was interrupted, to `path`.partial), without
+    the header; none when neither file is there or the file has other columns. A last line that a kill cut
+    short (no line end) is left out."""
+    for candidate in (path, path.with_name(path.name + ".partial")):
+        if candidate.is_file():
+            text = candidate.read_text(encoding="utf-8")
+            lines = list(csv.reader(io.StringIO(text[:text.rfind("\n") + 1])))
+            if not lines or lines[0] != list(header):
+                return []
+            return [line for line in lines[1:] if len(line) == len(header)]
+    return []
 
 
 class CsvStream:

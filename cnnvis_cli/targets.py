@@ -17,6 +17,15 @@ class Target:
     class_index: int
     role: str
 
+    @property
+    def explains_prediction(self) -> bool:
+        return explains_prediction(self.role)
+
+
+def explains_prediction(role: str) -> bool:
+    """Whether a target of this role is the predicted class (alone or merged with another role)."""
+    return "pred" in role.split("+")
+
 
 def parse_targets(specs: list[str], class_names: list[str]) -> list[str | int]:
     """Check every entry of `targets` up front: a keyword, `topN`, a class name or a class index."""

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnvis_cli.run_dir import RunDir, safe_name
+from cnnvis_cli.run_dir import RunDir, read_stream, safe_name
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -49,3 +49,19 @@ def test_csv_stream_is_renamed_only_when_closed_cleanly(tmp_path: Path) -> None:
         raise RuntimeError("interrupted")
     assert not (tmp_path / "broken.csv").exists()
     assert (tmp_path / "broken.csv.partial").read_text().splitlines() == ["a", "1"]
+
+
+def test_a_streamed_csv_is_read_back_without_a_line_cut_short(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path)
+    with pytest.raises(RuntimeError), run_dir.csv_stream("rows.csv", ["a", "b"]) as csv:
+        csv.write([[1, "x, y"], [3, 4]])
+        raise RuntimeError("interrupted")
+    assert read_stream(tmp_path / "rows.csv", ["a", "b"]) == [["1", "x, y"], ["3", "4"]]  # from the .partial
+    with (tmp_path / "rows.csv.partial").open("a") as file:
+        file.write("5,6")  # all its fields, but the kill came before the line's end: 6 may be 60
+    assert read_stream(tmp_path / "rows.csv", ["a", "b"]) == [["1", "x, y"], ["3", "4"]]
+    with run_dir.csv_stream("rows.csv", ["a", "b"]) as csv:
+        csv.write([[7, 8]])
+    assert read_stream(tmp_path / "rows.csv", ["a", "b"]) == [["7", "8"]]  # the finished file comes first
+    assert read_stream(tmp_path / "rows.csv", ["a", "c"]) == []  # other columns: another kind of run
+    assert read_stream(tmp_path / "missing.csv", ["a", "b"]) == []

@@ -7,7 +7,6 @@ A resumed run reads back the rows of the samples it does not explain again (`fin
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -29,7 +28,8 @@ from cnnvis_cli.metrics.localisation import (
     to_input_box,
 )
 from cnnvis_cli.models import Preprocess
-from cnnvis_cli.run_dir import CsvStream
+from cnnvis_cli.run_dir import CsvStream, read_stream
+from cnnvis_cli.targets import explains_prediction
 from cnnvis_cli.techniques.baselines import baseline_images
 
 METRICS: dict[str, str] = {
@@ -39,6 +39,7 @@ METRICS: dict[str, str] = {
     "pointing": "pointing game: the map's peak inside the object's box (datasets with boxes)",
     "energy": "share of the map's mass inside the object's box (datasets with boxes)",
 }
+METRICS_FILE = "metrics.csv"
 BOX_COLUMNS = {"object": "object_box", "cue": "cue_box"}  # dataset columns holding boxes; the demo has both
 ROW_COLUMNS = ["index", "sample_id", "technique", "target", "target_class", "correct"]
 
@@ -73,7 +74,7 @@ class RowInfo:
     @property
     def explains_prediction(self) -> bool:
         """Whether the row's target is the predicted class (alone or merged with another role)."""
-        return "pred" in self.role.split("+")
+        return explains_prediction(self.role)
 
 
 class MetricRecorder:
@@ -128,15 +129,15 @@ class MetricRecorder:
                   "" if info.correct is None else str(int(info.correct)),
                   *(_number(table[name][row]) if name in table else "" for name in self.columns)]
                  for row, info in enumerate(infos)]
-        self.restore(lines)
+        self.keep(lines)
 
-    def restore(self, lines: list[list[str]]) -> None:
+    def keep(self, lines: list[list[str]]) -> None:
         """Take CSV rows (as `header()` orders them) into the file and the averages: fresh ones from
         `record`, or those a resumed run read back with `finished_rows`."""
         for line in lines:
             row = dict(zip(ROW_COLUMNS + self.columns, line, strict=True))
             self.rows.append({
-                "technique": row["technique"], "prediction": "pred" in row["target"].split("+"),
+                "technique": row["technique"], "prediction": explains_prediction(row["target"]),
                 "correct": None if row["correct"] == "" else row["correct"] == "1",
                 **{name: float(row[name]) if row[name] else math.nan for name in self.columns},
             })
@@ -171,22 +172,11 @@ class MetricRecorder:
 
 
 def finished_rows(run_root: Path, header: list[str]) -> dict[int, list[list[str]]]:
-    """The rows an earlier attempt of this run wrote to metrics.csv (or, if it was interrupted, to
-    metrics.csv.partial), by sample index; none when the file is missing or has other columns."""
-    for name in ("metrics.csv", "metrics.csv.partial"):
-        path = run_root / name
-        if not path.is_file():
-            continue
-        with path.open(newline="", encoding="utf-8") as file:
-            lines = list(csv.reader(file))
-        if not lines or lines[0] != header:
-            return {}
-        by_index: dict[int, list[list[str]]] = defaultdict(list)
-        for line in lines[1:]:
-            if len(line) == len(header):  # a line cut short by a kill is left out
-                by_index[int(line[0])].append(line)
-        return dict(by_index)
-    return {}
+    """The rows an earlier attempt of this run wrote to metrics.csv (or its .partial), by sample index."""
+    by_index: dict[int, list[list[str]]] = defaultdict(list)
+    for line in read_stream(run_root / METRICS_FILE, header):
+        by_index[int(line[0])].append(line)
+    return dict(by_index)
 
 
 def _means(rows: list[dict[str, Any]], columns: list[str]) -> dict[str, float | int]:

@@ -108,7 +108,7 @@ def test_rows_read_back_for_a_resumed_run_give_the_same_averages(tmp_path: Path)
     with out.csv_stream("metrics.csv", header) as stream:
         recorder = MetricRecorder(["deletion", "pointing"], 4, Preprocess(64, 56, (0.5,) * 3, (0.5,) * 3), 8, stream,
                                   has_cue=False)
-        recorder.restore([line for index in sorted(read) for line in read[index]])
+        recorder.keep([line for index in sorted(read) for line in read[index]])
     averages = recorder.summary()["gradcam"]
     assert averages["all maps"] == {"maps": 4, "deletion_auc": 0.325, "pointing_object": pytest.approx(2 / 3, abs=1e-4)}
     assert averages["predicted class, correct"] == {"maps": 1, "deletion_auc": 0.2, "pointing_object": 1.0}
