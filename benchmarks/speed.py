@@ -335,7 +335,7 @@ def _captum(technique: str, case: Case, pass_batch: int, args: argparse.Namespac
             stdevs=float(args.noise * (x.max() - x.min())), target=t.tolist(), abs=False).abs().amax(dim=1),
         "occlusion": signed(lambda x, t: ca.Occlusion(model).attribute(
             x, sliding_window_shapes=(3, args.window, args.window), strides=(3, args.stride, args.stride),
-            baselines=black(x), target=t.tolist(), perturbations_per_eval=pass_batch)),
+            baselines=0.0, target=t.tolist(), perturbations_per_eval=pass_batch)),  # the mean colour
     }
     return {"Captum": methods[technique]} if technique in methods else {}
 

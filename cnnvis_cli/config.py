@@ -99,7 +99,7 @@ class SmoothConfig:
 class OcclusionConfig:
     window: int = 32  # side of the square window, in pixels of the model's input
     stride: int = 16  # pixels between window positions
-    fill: str = "black"  # black | mean | blurred | noise
+    fill: str = "mean"  # mean (the grey square of the paper) | black | blurred | noise
 
 
 @dataclass

@@ -5,10 +5,12 @@ mean, over the windows that cover it, of how much covering them lowers the targe
 
     attribution(p) = mean over windows w containing p of S_c(x) - S_c(x with w filled)
 
-The fill is black, the mean colour or the blurred image (`baselines.py`). Windows start every `stride`
-pixels and stay inside the image (as in Captum; pixels past the last window get 0). Every (image, window)
-pair is one forward pass, streamed through the model `batch_size` at a time; each pass serves every target
-of its image.
+The fill is the mean colour by default (the paper's grey square), or black, the blurred image or noise
+(`baselines.py`). A black window is something the model reacts to in itself: on the demo, the black-fill
+maps of different images resemble one another, and those of a model trained on shuffled labels (README,
+"Sanity check"). Windows start every `stride` pixels and stay inside the image (as in Captum; pixels past
+the last window get 0). Every (image, window) pair is one forward pass, streamed through the model
+`batch_size` at a time; each pass serves every target of its image.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class Occlusion(SignedTechnique):
     cost = "1 + P forwards (P window positions)"
 
     def __init__(self, model: nn.Module, *, amp: bool = False, window: int = 32, stride: int = 16,
-                 fill: str = "black", mean: tuple[float, ...] = (0.0, 0.0, 0.0),
+                 fill: str = "mean", mean: tuple[float, ...] = (0.0, 0.0, 0.0),
                  std: tuple[float, ...] = (1.0, 1.0, 1.0), batch_size: int = 64) -> None:
         super().__init__(model, amp=amp)
         self.window, self.stride, self.fill, self.mean, self.std = window, stride, fill, mean, std

@@ -47,7 +47,7 @@ def test_matches_the_definition_window_by_window(tiny_net) -> None:
             original = tiny_net(image[None])[0, target]
             total, count = torch.zeros(8, 8), torch.zeros(8, 8)
             for mask in masks:
-                drop = original - tiny_net((image * (1 - mask))[None])[0, target]  # black fill: 0 here
+                drop = original - tiny_net((image * (1 - mask))[None])[0, target]  # the mean colour: 0 here
                 total += drop * mask
                 count += mask
             expected[row] = total / count
