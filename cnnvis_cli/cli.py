@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cnnvis_cli import __version__
 from cnnvis_cli.errors import UserError, first_line, unknown_name
+from cnnvis_cli.run_dir import refuse_if_held
 
 GROUPS = ("model", "dataset", "selection", "technique")
 LISTABLE = ("models", "techniques", "datasets", "selections", "layers", "metrics", "analyses")
@@ -130,6 +131,9 @@ def _run(argv: list[str]) -> int:
     register_schema()
     argv = resume_overrides(argv)
     check_overrides(argv)
+    for arg in argv:  # a folder that another run is writing, refused before Hydra writes its config there
+        if arg.startswith("hydra.run.dir="):
+            refuse_if_held(Path(arg.removeprefix("hydra.run.dir=")).expanduser().resolve())
     app = _hydra_app()
     saved_argv = sys.argv
     sys.argv = ["cnnvis run", *argv]

@@ -94,7 +94,8 @@ def run(cfg: RunConfig, output_dir: Path) -> RunResult:
     run_dir = RunDir(output_dir)
     stages = Stages()
     try:
-        return _run(cfg, run_dir, stages)
+        with run_dir.held():
+            return _run(cfg, run_dir, stages)
     except KeyboardInterrupt:
         run_dir.write_json("summary.json", {
             "status": "interrupted", "interrupted_in": stages.current,

@@ -10,10 +10,14 @@ import io
 import json
 import os
 import re
+import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from cnnvis_cli.errors import UserError
 
 _UNSAFE = re.compile(r"[^\w.-]+")
 
@@ -27,6 +31,9 @@ def safe_name(text: str, max_length: int = 60) -> str:
 def panel_path(index: int, sample_id: str) -> str:
     """Where a run writes a sample's panel, relative to the run directory: `panels/000042-img_0007.png`."""
     return f"panels/{index:06d}-{safe_name(Path(sample_id).stem, 40)}.png"
+
+
+HOLDER_FILE = ".running"  # the process id of the run writing the directory, while it runs
 
 
 class RunDir:
@@ -54,6 +61,55 @@ class RunDir:
 
     def csv_stream(self, relative: str, header: Sequence[str]) -> CsvStream:
         return CsvStream(self.path(relative), header)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the directory for this process while a run writes it: a second run into it (say, a resume
+        started while the first still runs) stops with a UserError instead of racing it file by file. A
+        holder file left by a killed run is taken over."""
+        holder = self.root / HOLDER_FILE
+        while True:
+            try:
+                descriptor = os.open(holder, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                refuse_if_held(self.root)
+                holder.unlink(missing_ok=True)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(str(os.getpid()))
+        try:
+            yield
+        finally:
+            holder.unlink(missing_ok=True)
+
+
+def refuse_if_held(folder: Path) -> None:
+    """A UserError when another live process holds `folder` (`RunDir.held`)."""
+    holder = folder / HOLDER_FILE
+    pid = _pid_in(holder)
+    if pid is not None and _alive(pid):
+        raise UserError(f"{folder} is being written by another cnnvis run (process {pid}); wait for it to end or "
+                        f"stop it, then run again (if no such run exists, delete {holder})")
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (on Windows, where no signal can merely ask, assumed not)."""
+    if sys.platform == "win32" or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

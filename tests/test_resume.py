@@ -165,3 +165,24 @@ def test_a_sample_missing_its_metric_rows_or_its_maps_is_explained_again(whole_w
         assert np.allclose(*(np.frombuffer(base64.b64decode(row[-1]), dtype="<f4") for row in (mine, other)),
                            atol=1e-5)
     assert outputs(folder) == outputs(whole_with_metrics)
+
+
+def test_a_run_directory_that_a_live_run_holds_is_refused_and_a_dead_ones_is_taken_over(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    assert cnnvis("run", "dataset.limit=20", "progress=false", f"hydra.run.dir={folder}", cwd=tmp_path).returncode == 0
+    assert not (folder / ".running").exists()  # let go when the run ended
+    overrides = (folder / ".hydra" / "overrides.yaml").read_bytes()
+    (folder / ".running").write_text(str(os.getpid()))  # this test's process: alive
+    for args in ([f"resume={folder}"], ["dataset.limit=20", f"hydra.run.dir={folder}"]):
+        refused = cnnvis("run", *args, cwd=tmp_path)
+        assert refused.returncode == 2 and refused.stdout == ""
+        assert refused.stderr.strip().splitlines()[-1] == (
+            f"cnnvis: error: {folder} is being written by another cnnvis run (process {os.getpid()}); wait for it "
+            f"to end or stop it, then run again (if no such run exists, delete {folder / '.running'})")
+    assert (folder / ".hydra" / "overrides.yaml").read_bytes() == overrides
+    dead = subprocess.Popen(["true"])  # a process that has ended, as a run killed with -9 has
+    dead.wait()
+    (folder / ".running").write_text(str(dead.pid))
+    resumed = cnnvis("run", f"resume={folder}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not (folder / ".running").exists()

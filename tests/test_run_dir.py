@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from cnnvis_cli.run_dir import RunDir, read_stream, safe_name
+from cnnvis_cli.errors import UserError
+from cnnvis_cli.run_dir import HOLDER_FILE, RunDir, read_stream, safe_name
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -65,3 +68,22 @@ def test_a_streamed_csv_is_read_back_without_a_line_cut_short(tmp_path: Path) ->
     assert read_stream(tmp_path / "rows.csv", ["a", "b"]) == [["7", "8"]]  # the finished file comes first
     assert read_stream(tmp_path / "rows.csv", ["a", "c"]) == []  # other columns: another kind of run
     assert read_stream(tmp_path / "missing.csv", ["a", "b"]) == []
+
+
+def test_a_run_directory_is_held_while_a_run_writes_it(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path)
+    with run_dir.held():
+        assert (tmp_path / HOLDER_FILE).read_text() == str(os.getpid())
+    assert not (tmp_path / HOLDER_FILE).exists()
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / HOLDER_FILE).write_text(str(other.pid))
+        refusal = f"being written by another cnnvis run \\(process {other.pid}\\)"
+        with pytest.raises(UserError, match=refusal), run_dir.held():
+            pass
+        assert (tmp_path / HOLDER_FILE).read_text() == str(other.pid)  # still theirs
+    finally:
+        other.kill()
+        other.wait()
+    with run_dir.held():  # the holder is gone: taken over
+        assert (tmp_path / HOLDER_FILE).read_text() == str(os.getpid())
