@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnvis_cli.run_dir import CsvStream, read_stream, safe_name
+from cnnvis_cli.run_dir import CsvStream, flag_cell, flag_from_cell, read_stream, safe_name
 
 MAP_SIDE = 16
 MAX_GROUPS = 8
@@ -69,7 +69,7 @@ class MapCollector:
         if self.csv is not None:
             self.csv.write([
                 entry.technique, entry.index, entry.sample_id, entry.true_class, entry.predicted_class,
-                "" if entry.correct is None else int(entry.correct), entry.overlay,
+                flag_cell(entry.correct), entry.overlay,
                 base64.b64encode(one.numpy().astype("<f4").tobytes()).decode("ascii")]
                 for entry, one in zip(entries, shrunk, strict=True))
 
@@ -99,7 +99,7 @@ def finished_maps(run_root: Path) -> dict[int, list[tuple[MapEntry, torch.Tensor
         technique, index, sample_id, true_class, predicted_class, correct, overlay, encoded = line
         values = np.frombuffer(base64.b64decode(encoded), dtype="<f4")
         entry = MapEntry(technique, int(index), sample_id, true_class, predicted_class,
-                         None if correct == "" else correct == "1", overlay)
+                         flag_from_cell(correct), overlay)
         found[entry.index].append((entry, torch.from_numpy(values.copy()).reshape(MAP_SIDE, MAP_SIDE)))
     return dict(found)
 
@@ -218,7 +218,7 @@ def find_patterns(collector: MapCollector, techniques: list[str], analyses: list
             for group in range(int(labels.max()) + 1 if len(labels) else 0):
                 members = [entry for entry, label in zip(entries, labels.tolist(), strict=True) if label == group]
                 grouped += [[technique, group + 1, e.index, e.sample_id, e.true_class, e.predicted_class,
-                             "" if e.correct is None else int(e.correct), e.overlay] for e in members]
+                             flag_cell(e.correct), e.overlay] for e in members]
                 mean = maps[labels == group].mean(dim=0)
                 peak = int(mean.flatten().argmax())
                 x, y = (peak % MAP_SIDE + 0.5) / MAP_SIDE, (peak // MAP_SIDE + 0.5) / MAP_SIDE

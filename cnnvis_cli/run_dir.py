@@ -124,6 +124,16 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def flag_cell(value: bool | None) -> str:
+    """A yes/no/unknown value as a CSV cell: "1", "0", or "" when unknown (an unlabelled sample)."""
+    return "" if value is None else str(int(value))
+
+
+def flag_from_cell(text: str) -> bool | None:
+    """The value that `flag_cell` wrote."""
+    return None if text == "" else text == "1"
+
+
 def read_stream(path: Path, header: Sequence[str]) -> list[list[str]]:
     """The rows a `CsvStream` wrote to `path` (or, if its run was interrupted, to `path`.partial), without
     the header; none when neither file is there or the file has other columns. A last line that a kill cut

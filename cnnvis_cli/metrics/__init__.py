@@ -28,7 +28,7 @@ from cnnvis_cli.metrics.localisation import (
     to_input_box,
 )
 from cnnvis_cli.models import Preprocess
-from cnnvis_cli.run_dir import CsvStream, read_stream
+from cnnvis_cli.run_dir import CsvStream, flag_cell, flag_from_cell, read_stream
 from cnnvis_cli.targets import explains_prediction
 from cnnvis_cli.techniques.baselines import baseline_images
 
@@ -126,7 +126,7 @@ class MetricRecorder:
             values["denser_cue"] = torch.where(both, denser_first(maps, cue_masks, thing_masks), torch.nan)
         table = {name: value.float().cpu().tolist() for name, value in values.items() if name in self.columns}
         lines = [[str(info.index), info.sample_id, technique, info.role, info.target_class,
-                  "" if info.correct is None else str(int(info.correct)),
+                  flag_cell(info.correct),
                   *(_number(table[name][row]) if name in table else "" for name in self.columns)]
                  for row, info in enumerate(infos)]
         self.keep(lines)
@@ -138,7 +138,7 @@ class MetricRecorder:
             row = dict(zip(ROW_COLUMNS + self.columns, line, strict=True))
             self.rows.append({
                 "technique": row["technique"], "prediction": explains_prediction(row["target"]),
-                "correct": None if row["correct"] == "" else row["correct"] == "1",
+                "correct": flag_from_cell(row["correct"]),
                 **{name: float(row[name]) if row[name] else math.nan for name in self.columns},
             })
         self.csv.write(lines)
