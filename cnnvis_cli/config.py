@@ -1,19 +1,22 @@
 """Typed schema of a run's configuration, and its validation.
 
-Hydra composes YAML files from `conf/` into a DictConfig; `load_run_config` checks it against these
-dataclasses (an unknown key or a value of the wrong type is an error) and against the rules that types
-cannot say (ranges, known names), and returns a plain `RunConfig`. Nothing here imports Hydra.
+Hydra composes YAML files from `conf/` into a DictConfig; `parse_run_config` checks it against these
+dataclasses (an unknown key or a value of the wrong type is an error) and against the rules on values that
+types cannot say (ranges, choices), and returns a plain `RunConfig`. This module is the bottom layer: it
+imports no stage and no registry (`checks.py`, above them, checks the names they know). Nothing here
+imports Hydra.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from cnnvis_cli.errors import UserError, close_matches, first_line, unknown_name
+from cnnvis_cli.errors import UserError, close_matches, first_line
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 STDOUT_MODES = ("path", "jsonl")
@@ -42,6 +45,7 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     input_size: int | None = None  # side of the square crop fed to the model
     resize_size: int | None = None  # shorter side before the centre crop
+    interpolation: str | None = None  # resize: bilinear | bicubic | nearest | nearest-exact; null: the model's own
     mean: list[float] | None = None
     std: list[float] | None = None
 
@@ -184,8 +188,10 @@ class RunConfig:
         return [name for name, enabled in self.technique.methods.items() if enabled]
 
 
-def load_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
-    """Check a composed config against the schema and the rules; raise UserError on the first mistake."""
+def parse_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
+    """Check a composed config against the schema and the rules on its values (ranges, choices), with `~`
+    expanded in every path; raise UserError on the first mistake. The names that registries know (techniques,
+    metrics, ...) are checked above this module, by `checks.load_run_config`."""
     schema = OmegaConf.structured(RunConfig)
     try:
         missing = sorted(OmegaConf.missing_keys(cfg))  # before merging: merge keeps the schema's default
@@ -201,32 +207,36 @@ def load_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
         raise UserError(f"invalid configuration: {first_line(str(error))}") from error
     # YAML and Hydra read a bare `true` as a boolean, which the schema turns into "True"
     run_config.targets = ["true" if target == "True" else target for target in run_config.targets]
-    check_run_config(run_config)
+    check_values(run_config)
+    expand_paths(run_config)
     return run_config
 
 
-def check_run_config(cfg: RunConfig) -> None:
-    """The rules a schema cannot express: ranges and known names."""
-    from cnnvis_cli.metrics import METRICS
-    from cnnvis_cli.patterns import ANALYSES
-    from cnnvis_cli.selection import CRITERIA
-    from cnnvis_cli.techniques import TECHNIQUES
+PATH_KEYS = ("model.checkpoint", "dataset.root", "dataset.list_file", "dataset.boxes", "resume", "cache",
+             "sanity_label_model")
 
+
+def expand_paths(cfg: RunConfig) -> None:
+    """`~` and `~user` at the start of every path key become the home folder, as a shell would expand them."""
+    for key in PATH_KEYS:
+        owner, _, name = key.rpartition(".")
+        holder = getattr(cfg, owner) if owner else cfg
+        value = getattr(holder, name)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(holder, name, os.path.expanduser(value))
+
+
+def check_values(cfg: RunConfig) -> None:
+    """The rules on values that a schema cannot express: ranges and choices."""
     _check_choice("device", cfg.device, DEVICES)
     _check_choice("stdout", cfg.stdout, STDOUT_MODES)
     _check_choice("selection.mode", cfg.selection.mode, SELECTION_MODES)
     _check_choice("selection.order", cfg.selection.order, SELECTION_ORDERS)
     _check_choice("render.colormap", cfg.render.colormap, COLORMAPS)
-    for criterion in cfg.selection.criteria:
-        if criterion not in CRITERIA:
-            raise unknown_name("selection criterion", criterion, CRITERIA, "cnnvis list selections")
     if not cfg.selection.criteria:
         raise UserError("selection.criteria is empty; name at least one, e.g. selection.criteria=[incorrect]")
     if not cfg.techniques:
         raise UserError("no technique selected; choose one, e.g. technique=gradcam")
-    for technique in cfg.techniques:
-        if technique not in TECHNIQUES:
-            raise unknown_name("technique", technique, TECHNIQUES, "cnnvis list techniques")
     for key, value in (
         ("selection.threshold", cfg.selection.threshold),
         ("selection.margin", cfg.selection.margin),
@@ -280,28 +290,8 @@ def check_run_config(cfg: RunConfig) -> None:
                         "device's default (64 on a GPU, 8 on a CPU)")
     if cfg.dataset.num_workers is not None and cfg.dataset.num_workers < 0:
         raise UserError(f"dataset.num_workers={cfg.dataset.num_workers} must be 0 or more")
-    for name in cfg.metrics:
-        if name not in METRICS:
-            raise unknown_name("metric", name, METRICS, "cnnvis list metrics")
-    for name in cfg.analysis:
-        if name not in ANALYSES:
-            raise unknown_name("analysis", name, ANALYSES, "cnnvis list analyses")
     if not cfg.targets:
         raise UserError("targets is empty; use for example targets=[pred,true]")
-
-
-def check_paths(cfg: RunConfig) -> None:
-    """The files and folders the config names exist (checked before a run directory is made)."""
-    from cnnvis_cli.data import require_folder, require_list_file
-    from cnnvis_cli.models import require_checkpoint
-
-    dataset = cfg.dataset
-    if dataset.name == "imagefolder" and dataset.root:
-        require_folder(dataset.root)
-    if dataset.name == "files" and dataset.list_file not in (None, "-"):
-        require_list_file(dataset.list_file)
-    if cfg.model.checkpoint:
-        require_checkpoint(cfg.model.checkpoint)
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

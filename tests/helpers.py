@@ -1,14 +1,21 @@
-"""Helpers for tests: image folders written by the tests themselves, and composed configs."""
+"""Helpers for tests: image folders written by the tests themselves, composed configs, and the installed
+command run in a subprocess as a user would run it."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from cnnvis_cli.checks import load_run_config
 from cnnvis_cli.cli import compose
-from cnnvis_cli.config import RunConfig, load_run_config
+from cnnvis_cli.config import RunConfig
 
 
 def write_image_folder(root: Path, classes: dict[str, int], size: tuple[int, int] = (72, 96), seed: int = 0) -> Path:
@@ -26,3 +33,26 @@ def write_image_folder(root: Path, classes: dict[str, int], size: tuple[int, int
 def run_config(*overrides: str) -> RunConfig:
     """The validated config `cnnvis run OVERRIDES` would use, with progress bars off."""
     return load_run_config(compose(["progress=false", *overrides]))
+
+
+CNNVIS = shutil.which("cnnvis") or str(Path(sys.executable).parent / "cnnvis")
+# a command that takes a few seconds on an idle machine can take minutes on a busy one: wait long, and say so
+TIMEOUT = float(os.environ.get("CNNVIS_TEST_TIMEOUT", "1800"))
+
+
+def run_command(command: list[str], *, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None,
+                timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """`command`'s exit code and output; a test failure that says so when it runs past `timeout` seconds."""
+    try:
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, input=stdin, env=env,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"timed out after {timeout:.0f} s: {' '.join(command)} (a slow or busy machine? set "
+                    "CNNVIS_TEST_TIMEOUT to wait longer)", pytrace=False)
+
+
+def cnnvis(*args: str, cwd: Path, stdin: str | None = None, env: dict[str, str] | None = None,
+           ) -> subprocess.CompletedProcess[str]:
+    """The installed `cnnvis` command, without HYDRA_FULL_ERROR (a user's one-line errors)."""
+    environment = {key: value for key, value in (env or os.environ).items() if key != "HYDRA_FULL_ERROR"}
+    return run_command([CNNVIS, *args], cwd=cwd, env=environment, stdin=stdin)

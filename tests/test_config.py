@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from helpers import run_config
 
+from cnnvis_cli.checks import load_run_config
 from cnnvis_cli.cli import compose, config_dir
-from cnnvis_cli.config import load_run_config
 from cnnvis_cli.errors import UserError
 
 REQUIRED = {  # keys that an option leaves for the user to fill
