@@ -11,6 +11,11 @@ maps of different images resemble one another, and those of a model trained on s
 "Sanity check"). Windows start every `stride` pixels and stay inside the image (as in Captum; pixels past
 the last window get 0). Every (image, window) pair is one forward pass, streamed through the model
 `batch_size` at a time; each pass serves every target of its image.
+
+A region the model ignores gets exactly 0. The unoccluded image is scored in the same stream of passes as
+the windows (as a window that covers nothing), and a drop within float32 rounding of the scores being
+compared (`ROUNDING` of the largest of them) counts as 0: the same input scored in batches of different
+shapes can differ in its last bits, and a map should not show that as evidence.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from torch import nn
 from cnnvis_cli.techniques.attribution import SignedTechnique
 from cnnvis_cli.techniques.base import TechniqueContext, inputs_per_pass, score_pairs
 from cnnvis_cli.techniques.baselines import baseline_images
+
+ROUNDING = 1e-5  # drops below this share of the largest |score| compared are rounding, not evidence
 
 
 def window_masks(height: int, width: int, window: int, stride: int, device: torch.device) -> torch.Tensor:
@@ -40,6 +47,7 @@ class Occlusion(SignedTechnique):
     name = "occlusion"
     summary = "Occlusion (Zeiler and Fergus, 2014): the score lost when a sliding window hides each region"
     cost = "1 + P forwards (P window positions)"
+    cheaper = "a larger technique.occlusion.stride"
 
     def __init__(self, model: nn.Module, *, amp: bool = False, window: int = 32, stride: int = 16,
                  fill: str = "mean", mean: tuple[float, ...] = (0.0, 0.0, 0.0),
@@ -54,21 +62,25 @@ class Occlusion(SignedTechnique):
         return cls(context.model, amp=context.amp, window=options.window, stride=options.stride, fill=options.fill,
                    mean=context.mean, std=context.std, batch_size=inputs_per_pass(context))
 
+    def passes_per_image(self, example: torch.Tensor) -> int:
+        return 1 + len(window_masks(*example.shape[-2:], self.window, self.stride, torch.device("cpu")))
+
     @torch.no_grad()
     def attribute(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         num_images, _, height, width = images.shape
         masks = window_masks(height, width, self.window, self.stride, images.device)  # P x H x W
+        covers = torch.cat([masks.new_zeros((1, height, width)), masks])  # 0: the unoccluded image
         fills = baseline_images(self.fill, images, self.mean, self.std)
         classes, class_of_row = torch.unique(targets, return_inverse=True)
-        with self.autocast(images):
-            original = self.model(images).float()[image_rows, targets]  # R
 
         def score(image_index: torch.Tensor, window_index: torch.Tensor) -> torch.Tensor:
-            covered = masks[window_index][:, None]
+            covered = covers[window_index][:, None]
             with self.autocast(images):
-                return self.model(images[image_index] * (1 - covered) + fills[image_index] * covered)
+                return self.model(torch.lerp(images[image_index], fills[image_index], covered))
 
-        scores = score_pairs(num_images, len(masks), classes, self.batch_size, score)
-        drops = original[:, None] - scores[image_rows, :, class_of_row]  # R x P
+        scores = score_pairs(num_images, len(covers), classes, self.batch_size, score)[image_rows, :, class_of_row]
+        drops = scores[:, :1] - scores[:, 1:]  # R x P
+        rounding = ROUNDING * scores.abs().amax(dim=1, keepdim=True)
+        drops = torch.where(drops.abs() <= rounding, 0.0, drops)
         coverage = masks.sum(dim=0).clamp(min=1)
         return ((drops @ masks.flatten(1)).view(-1, height, width) / coverage)[:, None]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -27,12 +28,31 @@ class LeftHalfNet(nn.Module):
         return self.linear(x[:, :, :, :4].flatten(1))
 
 
-def test_hiding_what_the_model_ignores_changes_nothing() -> None:
+@pytest.mark.parametrize("batch_size", [1, 3, 8, 64])
+def test_hiding_what_the_model_ignores_gives_exactly_zero(batch_size: int) -> None:
+    """Exact zeros are promised by the code (drops within float rounding count as 0), whatever the batch
+    shapes and however the machine's kernels round."""
     images = torch.randn(2, 3, 8, 8)
-    signed = Occlusion(LeftHalfNet().eval(), window=2, stride=2).explain(
+    signed = Occlusion(LeftHalfNet().eval(), window=2, stride=2, batch_size=batch_size).explain(
         images, torch.tensor([0, 1]), torch.tensor([0, 2])).signed
     assert torch.equal(signed[:, :, 4:], torch.zeros(2, 8, 4))  # windows wholly in the ignored half
     assert (signed[:, :, :4] != 0).float().mean() > 0.9
+
+
+class FaintRightHalfNet(LeftHalfNet):
+    """Looks at the left half, and faintly (a thousandth as much) at the right half."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + 1e-3 * super().forward(x.flip(-1))
+
+
+def test_a_faint_but_real_effect_is_not_taken_for_rounding() -> None:
+    torch.manual_seed(3)
+    images = torch.rand(1, 3, 8, 8) + 0.5  # positive pixels: hiding them changes a linear score
+    signed = Occlusion(FaintRightHalfNet().eval(), window=2, stride=2, fill="black").explain(
+        images, torch.tensor([0]), torch.tensor([0])).signed
+    faint, strong = signed[:, :, 4:].abs(), signed[:, :, :4].abs()
+    assert (faint > 0).all() and faint.mean() < 0.01 * strong.mean()
 
 
 def test_matches_the_definition_window_by_window(tiny_net) -> None:
