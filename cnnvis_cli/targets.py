@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from cnnvis_cli.errors import UserError, close_matches
+from cnnvis_cli.names import matching_classes
 
 _TOP = re.compile(r"top(\d+)")
 
@@ -28,13 +29,18 @@ def explains_prediction(role: str) -> bool:
 
 
 def parse_targets(specs: list[str], class_names: list[str]) -> list[str | int]:
-    """Check every entry of `targets` up front: a keyword, `topN`, a class name or a class index."""
+    """Check every entry of `targets` up front: a keyword, `topN`, a class name (matched as dataset folders
+    are: case ignored, `_` and `-` as spaces) or a class index."""
     parsed: list[str | int] = []
     for spec in map(str, specs):
+        named = matching_classes(spec, class_names)
         if spec in ("pred", "true") or _TOP.fullmatch(spec):
             parsed.append(spec)
-        elif spec in class_names:
-            parsed.append(class_names.index(spec))
+        elif len(named) == 1:
+            parsed.append(named[0])
+        elif named:
+            raise UserError(f"target '{spec}' names {len(named)} classes ({', '.join(map(str, named))}); "
+                            "give the one you mean by its index")
         elif spec.isdigit() and int(spec) < len(class_names):
             parsed.append(int(spec))
         else:

@@ -34,3 +34,17 @@ def test_correct_prediction_gives_one_target_and_unlabelled_skips_true() -> None
 def test_deepest_top() -> None:
     assert deepest_top(["pred", "top3", "top7", 2]) == 7
     assert deepest_top(["pred"]) == 0
+
+
+def test_class_names_match_as_dataset_folders_do() -> None:
+    names = ["Egyptian cat", "tabby", "pine-tree"]
+    assert parse_targets(["egyptian cat", "Egyptian_cat", "TABBY", "pine tree", "pine_tree"], names) == [0, 0, 1, 2, 2]
+
+
+def test_a_name_of_two_classes_asks_for_the_index() -> None:
+    from cnnvis_cli.models import imagenet_class_names
+
+    names = imagenet_class_names()  # 264 is Cardigan, the corgi; 474 a cardigan, the sweater
+    assert parse_targets(["Cardigan", "cardigan", "474"], names) == [264, 474, 474]
+    with pytest.raises(UserError, match=r"target 'CARDIGAN' names 2 classes \(264, 474\); give the one you mean by"):
+        parse_targets(["CARDIGAN"], names)
