@@ -26,6 +26,7 @@ from torchvision import transforms
 from cnnvis_cli.config import DatasetConfig
 from cnnvis_cli.errors import UserError, first_line, unknown_name
 from cnnvis_cli.models import Preprocess
+from cnnvis_cli.names import class_key
 
 IMAGENETTE_TO_IMAGENET = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)
 UNLABELLED = -1
@@ -373,10 +374,10 @@ def label_mapping(source: Source, model_class_names: list[str] | None, num_class
     names = source.class_names
     if names is None or model_class_names is None or names == model_class_names:
         return None
-    lookup = {_normalise_name(name): index for index, name in enumerate(model_class_names)}
+    lookup = {class_key(name): index for index, name in enumerate(model_class_names)}
     if num_classes == 1000 and all(_WNID.fullmatch(name) for name in names):
         lookup = {wnid: index for index, wnid in enumerate(imagenet_wnids())}  # ImageNet's own folder names
-    mapped = [lookup.get(_normalise_name(name), UNLABELLED) for name in names]
+    mapped = [lookup.get(class_key(name), UNLABELLED) for name in names]
     if all(index == UNLABELLED for index in mapped) and len(names) == num_classes:
         return None  # same number of classes, none of the names: the dataset's order is the model's order
     return mapped
@@ -397,10 +398,6 @@ def imagenet_wnids() -> list[str]:
     return (resources.files("cnnvis_cli") / "imagenet_wnids.txt").read_text().split()
 
 
-def _normalise_name(name: str) -> str:
-    return name.strip().lower().replace("_", " ").replace("-", " ")
-
-
 class SampleSet(Dataset):
     """A source seen through the model's geometry: items are (uint8 3xHxW tensor, label, index)."""
 
@@ -409,8 +406,9 @@ class SampleSet(Dataset):
         self.source = source
         self.indices = list(indices)
         self.label_map = label_map
-        self.geometry = transforms.Compose([
-            transforms.Resize(preprocess.resize_size, antialias=True),
+        self.geometry = transforms.Compose([  # as the weights' own transforms() do it to a PIL image
+            transforms.Resize(preprocess.resize_size, transforms.InterpolationMode(preprocess.interpolation),
+                              antialias=True),
             transforms.CenterCrop(preprocess.input_size),
             transforms.PILToTensor(),
         ])

@@ -7,6 +7,7 @@ how to preprocess images for it, its class names when it knows them, and the lay
 from __future__ import annotations
 
 import importlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +21,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact")  # torchvision's InterpolationMode values
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the shorter side, centre-crop a square, then normalise channels (on the device)."""
+    """Resize the shorter side, centre-crop a square, then normalise channels (on the device): torchvision's
+    `Resize(resize_size, interpolation, antialias=True)`, `CenterCrop(input_size)` and `Normalize(mean, std)`."""
 
     resize_size: int
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    interpolation: str = "bilinear"  # one of INTERPOLATIONS
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,8 @@ class LayerInfo:
 
     name: str
     kind: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # of its last call's output
+    calls: int = 1  # how often one forward pass calls it (a shared activation module: several times)
 
 
 @dataclass
@@ -87,12 +94,7 @@ def torchvision_model_names() -> list[str]:
 def _torchvision_model(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, list[str] | None]:
     import torchvision
 
-    names = torchvision_model_names()
-    if cfg.name not in names:
-        raise unknown_name("model", cfg.name, names, "cnnvis list models")
-    weights_enum = torchvision.models.get_model_weights(cfg.name)
-    weights = _weights_entry(weights_enum, cfg.weights) if cfg.weights else None
-    meta_weights = weights or weights_enum.DEFAULT  # preprocessing is known even without loading weights
+    weights, meta_weights = _torchvision_weights(cfg)
     load_pretrained = weights is not None and not cfg.checkpoint
     num_classes = cfg.num_classes or len(meta_weights.meta.get("categories") or []) or 1000
     if load_pretrained and num_classes != len(weights.meta["categories"]):
@@ -109,11 +111,29 @@ def _torchvision_model(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, list[st
             f"could not fetch weights {weights} ({error}); connect to the internet once, or run with "
             "model.weights=null (random weights) or model.checkpoint=PATH"
         ) from error
-    transform = meta_weights.transforms()
-    preprocess = _preprocess_from(cfg, _side(transform.resize_size), _side(transform.crop_size),
-                                  transform.mean, transform.std)
     categories = list(weights.meta["categories"]) if load_pretrained else None
-    return module, preprocess, _class_names(cfg, categories, num_classes)
+    return module, torchvision_preprocess(cfg), _class_names(cfg, categories, num_classes)
+
+
+def _torchvision_weights(cfg: ModelConfig):
+    """The weights that `cfg` asks for (None for random weights), and the weights whose preprocessing and
+    metadata apply: those, or the architecture's default ones."""
+    import torchvision
+
+    names = torchvision_model_names()
+    if cfg.name not in names:
+        raise unknown_name("model", cfg.name, names, "cnnvis list models")
+    weights_enum = torchvision.models.get_model_weights(cfg.name)
+    weights = _weights_entry(weights_enum, cfg.weights) if cfg.weights else None
+    return weights, weights or weights_enum.DEFAULT  # preprocessing is known even without loading weights
+
+
+def torchvision_preprocess(cfg: ModelConfig) -> Preprocess:
+    """The preprocessing of a torchvision model: its weights' own `transforms()` (resize, crop,
+    interpolation, mean, std), with the config's overrides."""
+    transform = _torchvision_weights(cfg)[1].transforms()
+    return _preprocess_from(cfg, _side(transform.resize_size), _side(transform.crop_size), transform.mean,
+                            transform.std, transform.interpolation.value)
 
 
 def _weights_entry(weights_enum, name: str):
@@ -138,7 +158,10 @@ def _custom_model(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, list[str] | 
     module = factory(**cfg.kwargs)
     if not isinstance(module, nn.Module):
         raise UserError(f"model.factory '{cfg.factory}' returned {type(module).__name__}, not an nn.Module")
-    preprocess = _preprocess_from(cfg, None, None, IMAGENET_MEAN, IMAGENET_STD)
+    input_size = cfg.input_size or 224
+    # no crop unless asked for (model.resize_size): a custom model sees the whole image, its shorter side
+    # resized to the input size
+    preprocess = _preprocess_from(cfg, input_size, input_size, IMAGENET_MEAN, IMAGENET_STD)
     return module, preprocess, _class_names(cfg, None, cfg.num_classes)
 
 
@@ -152,14 +175,18 @@ def _demo_model(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, list[str] | No
 
 
 def _preprocess_from(cfg: ModelConfig, resize_size: int | None, input_size: int | None,
-                     mean, std) -> Preprocess:
+                     mean, std, interpolation: str = "bilinear") -> Preprocess:
+    """The model's own preprocessing, with the config's overrides (`model.input_size`, ...)."""
     input_size = cfg.input_size or input_size or 224
     resize_size = cfg.resize_size or resize_size or round(input_size * 256 / 224)
     mean = tuple(cfg.mean or mean)
     std = tuple(cfg.std or std)
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise UserError("model.mean and model.std need three values each, std above zero")
-    return Preprocess(resize_size, input_size, mean, std)  # type: ignore[arg-type]
+    interpolation = cfg.interpolation or interpolation
+    if interpolation not in INTERPOLATIONS:
+        raise unknown_name("model.interpolation", interpolation, INTERPOLATIONS)
+    return Preprocess(resize_size, input_size, mean, std, interpolation)  # type: ignore[arg-type]
 
 
 def _side(size) -> int:
@@ -188,11 +215,11 @@ def imagenet_class_names() -> list[str]:
     return list(_IMAGENET_CATEGORIES)
 
 
-def require_checkpoint(checkpoint: str | Path) -> Path:
-    """`model.checkpoint` as a path, which must be a file."""
+def require_checkpoint(checkpoint: str | Path, key: str = "model.checkpoint") -> Path:
+    """The checkpoint that config `key` names, as a path, which must be a file."""
     path = Path(checkpoint).expanduser()
     if not path.is_file():
-        raise UserError(f"model.checkpoint not found: {path}")
+        raise UserError(f"{key} not found: {path}")
     return path
 
 
@@ -258,12 +285,13 @@ def inspect_layers(module: nn.Module, input_size: int) -> tuple[list[LayerInfo],
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise UserError("the model must return a tensor of class scores (batch x classes)")
     layers: dict[str, LayerInfo] = {}
+    calls = Counter(name for name, _, _ in outputs)
     for name, child, out in outputs:  # in the order modules finished; a module called twice keeps its last call
         if isinstance(child, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             continue  # the classifier's global pooling, not a feature map
         if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] > 1 and out.shape[-2] > 1:
             layers.pop(name, None)
-            layers[name] = LayerInfo(name, type(child).__name__, tuple(out.shape[1:]))
+            layers[name] = LayerInfo(name, type(child).__name__, tuple(out.shape[1:]), calls[name])
     return list(layers.values()), int(logits.shape[1])
 
 

@@ -182,3 +182,41 @@ def test_a_bad_boxes_file_is_a_user_error(image_folder: Path, tmp_path: Path, co
         open_source(DatasetConfig(name="imagefolder", root=str(image_folder), boxes=str(boxes)))
     with pytest.raises(UserError, match="dataset.boxes needs image files; dataset=demo has none"):
         open_source(DatasetConfig(name="demo", boxes=str(boxes)))
+
+
+SHIPPED_TORCHVISION = ["alexnet", "vgg16", "vgg19_bn", "resnet18", "resnet50", "densenet121", "mobilenet_v3_large",
+                       "efficientnet_b0", "convnext_tiny"]
+
+
+@pytest.mark.parametrize("option", SHIPPED_TORCHVISION)
+def test_model_input_is_what_the_weights_own_transforms_make(option: str, tmp_path: Path) -> None:
+    """Preprocessing comes from the weights: the tensor the model gets equals `weights.transforms()` of the
+    same image (resize with the weights' interpolation, centre crop, normalisation) for every shipped model."""
+    import torchvision
+    from helpers import run_config
+
+    from cnnvis_cli.inference import normalise
+    from cnnvis_cli.models import torchvision_preprocess
+
+    model = run_config(f"model={option}").model
+    preprocess = torchvision_preprocess(model)
+    root = write_image_folder(tmp_path / "images", {"a": 1}, size=(300, 411))
+    source = ImageFolderSource(root, [".png"])
+    ours = normalise(SampleSet(source, preprocess, [0])[0][0][None], preprocess)[0]
+    weights = torchvision.models.get_model_weights(model.name).DEFAULT
+    theirs = weights.transforms()(source.load(0).image)
+    assert ours.shape == theirs.shape == (3, preprocess.input_size, preprocess.input_size)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_interpolation_follows_the_weights_and_can_be_overridden() -> None:
+    from helpers import run_config
+
+    from cnnvis_cli.models import torchvision_preprocess
+
+    assert torchvision_preprocess(run_config("model=efficientnet_b0").model).interpolation == "bicubic"
+    assert torchvision_preprocess(run_config("model=resnet18").model).interpolation == "bilinear"
+    override = run_config("model=efficientnet_b0", "model.interpolation=bilinear").model
+    assert torchvision_preprocess(override).interpolation == "bilinear"
+    with pytest.raises(UserError, match="unknown model.interpolation 'bicubik'; did you mean bicubic"):
+        torchvision_preprocess(run_config("model=resnet18", "model.interpolation=bicubik").model)
