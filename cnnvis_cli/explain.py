@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.progress import Progress, TaskID
 
 from cnnvis_cli.data import UNLABELLED, UNREADABLE, Batch, Source
 from cnnvis_cli.inference import Predictions, class_name, normalise
 from cnnvis_cli.memory import Halving, release_freed_memory
 from cnnvis_cli.metrics import MetricRecorder, RowInfo
 from cnnvis_cli.models import Preprocess
-from cnnvis_cli.panels import PanelContent, Tile, render_panel, to_original, zoom_box
+from cnnvis_cli.panels import PanelContent, Tile, render_panel, to_original, zoom_region
 from cnnvis_cli.patterns import MapCollector, MapEntry
 from cnnvis_cli.progress import progress_bar
 from cnnvis_cli.render import colormap_lut, diverging_lut, encode_png, overlay, signed_overlay
@@ -30,6 +31,7 @@ from cnnvis_cli.run_dir import RunDir, panel_path, safe_name
 from cnnvis_cli.selection import Case
 from cnnvis_cli.targets import Target, targets_for
 from cnnvis_cli.techniques import Explanation, Technique
+from cnnvis_cli.techniques.base import passes_reported_to
 
 
 @dataclass
@@ -76,6 +78,7 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
     colour_bars = _colour_bars(techniques, options.colormap, lut, signed_lut)
     with progress_bar(show_progress) as bar:
         task = bar.add_task("heatmaps", total=len(cases), unit="images")
+        finished = 0  # images whose batch is done
         for batch_number, batch in enumerate(batches):
             release_freed_memory(batch_number)
             if not batch.indices:
@@ -83,8 +86,9 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
             batch_cases = [case_of_index[index] for index in batch.indices]
             rows = [(position, target) for position, case in enumerate(batch_cases)
                     for target in case_targets(case, predictions, parsed_targets)]
+            finished += len(batch.indices)
             if not rows:  # e.g. targets=[true] on unlabelled images
-                bar.advance(task, len(batch.indices))
+                bar.update(task, completed=finished)
                 continue
             image_rows = torch.tensor([position for position, _ in rows], dtype=torch.long, device=device)
             target_classes = torch.tensor([target.class_index for _, target in rows], dtype=torch.long, device=device)
@@ -92,9 +96,14 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
             model_input = normalise(images, preprocess)
             drawn = []  # per technique: R overlays and R [0, 1] maps, on the CPU
             infos = _row_infos(rows, batch, batch_cases, predictions, class_names) if recorder or collector else []
-            for technique in techniques:
-                explanation = explain_in_parts(technique, model_input, image_rows, target_classes,
-                                               halvings.setdefault(technique.name, Halving(technique.name)))
+            for number, technique in enumerate(techniques):
+                # the bar moves within the batch as a many-pass technique's passes go
+                share = len(batch.indices) / len(techniques)
+                start = finished - len(batch.indices) + number * share
+                bar.update(task, description=f"heatmaps ({technique.name})", completed=start)
+                with passes_reported_to(_BarShare(bar, task, start, share)):
+                    explanation = explain_in_parts(technique, model_input, image_rows, target_classes,
+                                                   halvings.setdefault(technique.name, Halving(technique.name)))
                 if recorder is not None:
                     recorder.record(technique.name, technique.model, model_input, image_rows, target_classes,
                                     explanation.maps, infos, batch.extras)
@@ -131,11 +140,24 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                     content = _panel_content(case, batch.indices[position], rows, position, drawn, probabilities,
                                              images[position].permute(1, 2, 0).cpu().numpy(), predictions,
                                              class_names, preprocess, source, options, colour_bars)
+                    correct = bool(predictions.correct[case.row]) if predictions.labelled[case.row] else None
                     run_dir.write_bytes(record.panel, encode_png(render_panel(
-                        content, options.panel_size, options.zoom,
-                        predicted_correct=bool(predictions.correct[case.row]))))
-            bar.advance(task, len(batch.indices))
+                        content, options.panel_size, options.zoom, predicted_correct=correct)))
+            bar.update(task, completed=finished)
+        bar.update(task, description="heatmaps")
     return [explained[case.row] for case in cases]
+
+
+class _BarShare:
+    """Moves a progress bar through one technique's share of a batch as its passes go, never backwards (a
+    batch split after running out of GPU memory counts its passes again from 0)."""
+
+    def __init__(self, bar: Progress, task: TaskID, start: float, share: float) -> None:
+        self.bar, self.task, self.start, self.share, self.reached = bar, task, start, share, 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        self.reached = max(self.reached, min(1.0, done / max(total, 1)))
+        self.bar.update(self.task, completed=self.start + self.share * self.reached)
 
 
 def _collect(collector: MapCollector, technique: str, maps: torch.Tensor, infos: list[RowInfo],
@@ -177,7 +199,7 @@ def _panel_content(case: Case, index: int, rows: list[tuple[int, Target]], posit
         for row, (row_position, target) in enumerate(rows):
             if row_position != position:
                 continue
-            box = zoom_box(heat[row], options.zoom_threshold) if options.zoom else None
+            box, note = zoom_region(heat[row], options.zoom_threshold) if options.zoom else (None, "")
             zoom = None
             if box is not None and original is not None:
                 x0, y0, x1, y1 = to_original(box, (original.shape[1], original.shape[0]), preprocess.resize_size,
@@ -186,15 +208,15 @@ def _panel_content(case: Case, index: int, rows: list[tuple[int, Target]], posit
             tiles.append(Tile(technique.name, target.role, class_names[target.class_index],
                               int(rank[target.class_index]),
                               float(scores[target.class_index]), pictures[row], box, zoom,
-                              is_true=target.class_index == label))
+                              is_true=target.class_index == label, note=note))
     top = [(class_names[c], float(scores[c]), int(c) == label, int(rank[c])) for c in order[:options.topn]]
     if label != UNLABELLED and rank[label] > options.topn:  # the true class, with its rank, last
         top.append((class_names[label], float(scores[label]), True, int(rank[label])))
     true_name = class_name(class_names, label, "unlabelled")
     predicted = int(predictions.predicted[case.row])
-    title = (f"#{index}  {predictions.sample_ids[case.row]}   true: {true_name}   predicted: "
-             f"{class_names[predicted]} ({float(predictions.confidence[case.row]):.1%})   "
-             f"selected: {', '.join(case.reasons)}")
+    title = (f"#{index}   true: {true_name}   predicted: {class_names[predicted]} "
+             f"({float(predictions.confidence[case.row]):.1%})   selected: {', '.join(case.reasons)}   "
+             f"{predictions.sample_ids[case.row]}")  # the id last: a long path is what gets cut short
     return PanelContent(title, image, tiles, top, colour_bars)
 
 

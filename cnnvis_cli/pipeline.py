@@ -1,7 +1,7 @@
 """One run, stage by stage: model -> test set -> predictions -> selection -> heatmaps -> summary.
 
 Each stage writes its own artefact into the run directory as it goes. Nothing here imports Hydra: tests
-call `run(load_run_config(cfg), folder)` directly.
+call `run(checks.load_run_config(cfg), folder)` directly.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from cnnvis_cli import __version__
 from cnnvis_cli.cache import FILES, PredictionCache, prediction_key
 from cnnvis_cli.config import RunConfig
+from cnnvis_cli.cost import explanation_estimates, say_estimates
 from cnnvis_cli.data import (
     SampleSet,
     Source,
@@ -125,6 +126,11 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     layers = [resolve_target_layer(loaded.module, name, loaded.layers) for name in cfg.technique.layers] \
         if cfg.technique.layers else [loaded.target_layer]
     techniques = _techniques(cfg, loaded, layers, device)
+    for layer in loaded.layers:
+        if layer.name in layers and layer.calls > 1 and any(t.uses_layers for t in techniques):
+            log.warning("layer %s is one module called %d times per forward pass (a shared activation, say); the "
+                        "CAMs explain its last call (shape %s); name another layer with model.target_layer=NAME",
+                        layer.name, layer.calls, " x ".join(map(str, layer.shape)))
     log.info("model %s (%d classes, target layer %s) on %s; %d test samples from %s",
              loaded.name, loaded.num_classes, ", ".join(layers), device, len(indices), cfg.dataset.name)
     stages.finish("inference")
@@ -177,6 +183,10 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     if done:
         log.info("resuming: %d of %d selected samples already explained", len(done), len(selection.cases))
     todo = [case for case in selection.cases if case.row not in done]
+    size = loaded.preprocess.input_size
+    say_estimates(techniques, explanation_estimates(
+        techniques, torch.zeros((1, 3, size, size), device=device), len(todo),
+        inputs_per_pass(techniques_context(cfg, loaded, layers))), len(todo), device)
     with ExitStack() as stack:
         recorder = collector = None
         if cfg.analysis:

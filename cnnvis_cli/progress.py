@@ -14,8 +14,16 @@ class RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         unit = task.fields.get("unit", "items")
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f} {unit}/s" if speed else f"-- {unit}/s", style="progress.data.speed")
+        speed = task.finished_speed or task.speed  # None until rich has two samples to measure between
+        if not speed and task.elapsed and task.completed:
+            speed = task.completed / task.elapsed
+        if not speed:
+            text = f"-- {unit}/s"
+        elif speed < 1:  # a slow technique on a CPU: seconds per item read better than 0.0 items/s
+            text = f"{1 / speed:,.1f} s/{unit.removesuffix('s')}"
+        else:
+            text = f"{speed:,.1f} {unit}/s"
+        return Text(text, style="progress.data.speed")
 
 
 def progress_bar(enabled: bool = True) -> Progress:

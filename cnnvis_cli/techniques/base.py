@@ -15,8 +15,9 @@ are taken with `torch.autograd.grad` with respect to activations or inputs only)
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -78,6 +79,8 @@ class Technique(ABC):
     # differences of nearly equal logits: on a random resnet18 in bfloat16, occlusion's maps correlated at
     # -0.01 to 0.92 with float32 and Ablation-CAM's at 0.87, against 1.0000 for Score-CAM, Eigen-CAM and RISE.
     amp_safe: ClassVar[bool] = False
+    cheaper: ClassVar[str] = ""  # the option that makes a many-pass technique cheaper, for the cost estimate
+    uses_layers: ClassVar[bool] = False  # whether it looks at the target layer(s): the CAMs
 
     def __init__(self, model: nn.Module, *, amp: bool = False) -> None:
         self.model = model
@@ -105,6 +108,11 @@ class Technique(ABC):
         """Raise a UserError if the technique cannot explain this model; `example` is one normalised input.
         Called once before a run's heavy work. Most techniques explain any model, so this accepts it."""
         return None
+
+    def passes_per_image(self, example: torch.Tensor) -> int:
+        """How many forward passes (a backward pass counting as two) explaining one image costs, for the
+        estimate a run gives before a long explanation; `example` is one normalised input."""
+        return 3 if self.needs_gradients else 1
 
     @property
     def mixed_precision(self) -> bool:
@@ -197,6 +205,27 @@ def stacked_rows(image_rows: torch.Tensor, copies: int, num_images: int) -> torc
     return (image_rows[None] + offsets).flatten()
 
 
+_pass_listener: ContextVar[Callable[[int, int], None] | None] = ContextVar("pass_listener", default=None)
+
+
+@contextmanager
+def passes_reported_to(listener: Callable[[int, int], None] | None) -> Iterator[None]:
+    """While inside, many-pass techniques call `listener(done, total)` as their passes go, so a progress bar
+    moves within a long explanation; None silences them (a technique run inside another)."""
+    token = _pass_listener.set(listener)
+    try:
+        yield
+    finally:
+        _pass_listener.reset(token)
+
+
+def report_passes(done: int, total: int) -> None:
+    """Tell the listener, if there is one, that `done` of a technique's `total` passes are finished."""
+    listener = _pass_listener.get()
+    if listener is not None:
+        listener(done, total)
+
+
 def score_pairs(num_images: int, num_items: int, classes: torch.Tensor, batch_size: int, score,
                 wanted: torch.Tensor | None = None) -> torch.Tensor:
     """B x items x len(classes) scores of every (image, item) pair (or only those `wanted`, a B x items mask;
@@ -210,4 +239,5 @@ def score_pairs(num_images: int, num_items: int, classes: torch.Tensor, batch_si
     for start in range(0, len(pair_image), batch_size):
         image_index, item_index = pair_image[start:start + batch_size], pair_item[start:start + batch_size]
         scores[image_index, item_index] = score(image_index, item_index).float()[:, classes]
+        report_passes(start + len(image_index), len(pair_image))
     return scores

@@ -73,6 +73,7 @@ class CamTechnique(Technique):
     """A class activation map on one or more layers."""
 
     cost = "1 forward + 1 backward to the layer"
+    uses_layers = True
 
     def __init__(self, model: nn.Module, layers: Sequence[str], *, amp: bool = False) -> None:
         if not layers:

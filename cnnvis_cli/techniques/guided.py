@@ -84,10 +84,14 @@ class GuidedGradCAM(GuidedBackprop):
     name = "guided_gradcam"
     summary = "Guided Grad-CAM (Selvaraju et al., 2017): guided backpropagation times the Grad-CAM map"
     cost = "2 forwards + 1 backward to the input + 1 backward to the layer"
+    uses_layers = True
 
     def __init__(self, model: nn.Module, layers: Sequence[str], *, amp: bool = False) -> None:
         super().__init__(model, amp=amp)
         self.gradcam = GradCAM(model, layers, amp=amp)
+
+    def passes_per_image(self, example: torch.Tensor) -> int:
+        return 6
 
     @classmethod
     def from_context(cls, context: TechniqueContext) -> GuidedGradCAM:

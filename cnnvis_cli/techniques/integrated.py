@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from cnnvis_cli.techniques.attribution import InputGradient
-from cnnvis_cli.techniques.base import TechniqueContext, inputs_per_pass, stacked_rows
+from cnnvis_cli.techniques.base import TechniqueContext, inputs_per_pass, report_passes, stacked_rows
 from cnnvis_cli.techniques.baselines import baseline_images
 
 
@@ -30,6 +30,7 @@ class IntegratedGradients(InputGradient):
     name = "integrated_gradients"
     summary = "Integrated gradients (Sundararajan et al., 2017): gradients summed along a path from a baseline"
     cost = "steps x (1 forward + 1 backward to the input)"
+    cheaper = "fewer technique.integrated_gradients.steps"
     times_input = True
 
     def __init__(self, model: nn.Module, *, amp: bool = False, steps: int = 50, baseline: str = "black",
@@ -50,6 +51,9 @@ class IntegratedGradients(InputGradient):
         generator = torch.Generator(device=images.device).manual_seed(self.seed)
         return baseline_images(self.baseline, images, self.mean, self.std, generator)
 
+    def passes_per_image(self, example: torch.Tensor) -> int:
+        return 3 * self.steps
+
     def attribute(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         baselines = self.baselines(images)
         difference = images - baselines
@@ -64,4 +68,5 @@ class IntegratedGradients(InputGradient):
                                        targets.repeat(len(alphas)))
             total += (weights[start:start + per_pass].view(-1, 1, 1, 1, 1)
                       * gradients.view(len(alphas), len(targets), *images.shape[1:])).sum(dim=0)
+            report_passes(start + len(alphas), self.steps)
         return difference[image_rows] * total

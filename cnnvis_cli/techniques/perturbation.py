@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnvis_cli.techniques.base import TechniqueContext, inputs_per_pass, normalise_maps, score_pairs
-from cnnvis_cli.techniques.cam import ChannelWeightedCAM
+from cnnvis_cli.techniques.cam import ChannelWeightedCAM, LayerCapture
 
 
 @contextmanager
@@ -46,6 +46,7 @@ class PerturbationCAM(ChannelWeightedCAM):
 
     needs_gradients = False
     cost = "1 + K forwards (K channels scored, technique.max_channels)"
+    cheaper = "technique.max_channels=64 (score only the 64 most active channels)"
 
     def __init__(self, model: nn.Module, layers: Sequence[str], *, amp: bool = False, batch_size: int = 64,
                  max_channels: int | None = None) -> None:
@@ -58,6 +59,13 @@ class PerturbationCAM(ChannelWeightedCAM):
         options = context.options
         return cls(context.model, context.layers, amp=context.amp, batch_size=inputs_per_pass(context),
                    max_channels=options.max_channels, **cls.own_options(context))
+
+    @torch.no_grad()
+    def passes_per_image(self, example: torch.Tensor) -> int:
+        with LayerCapture(self.model, self.layers, differentiable=False) as capture:
+            self.model(example)
+        channels = [capture.activations[layer].shape[1] for layer in self.layers]
+        return 1 + sum(min(self.max_channels or count, count) for count in channels)
 
     @classmethod
     def own_options(cls, context: TechniqueContext) -> dict[str, object]:

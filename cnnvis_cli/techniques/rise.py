@@ -22,13 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnvis_cli.techniques.base import Explanation, Technique, TechniqueContext, inputs_per_pass, normalise_maps
+from cnnvis_cli.techniques.base import (
+    Explanation,
+    Technique,
+    TechniqueContext,
+    inputs_per_pass,
+    normalise_maps,
+    report_passes,
+)
 
 
 class RISE(Technique):
     name = "rise"
     summary = "RISE (Petsiuk et al., 2018): probabilities of randomly masked images, averaged per pixel"
     cost = "N forwards (N masks)"
+    cheaper = "fewer technique.rise.masks"
     needs_gradients = False
     amp_safe = True  # scores are probabilities
 
@@ -64,6 +72,9 @@ class RISE(Technique):
         index = torch.arange(len(rows), device=device)[:, None, None]
         return upsampled[index, rows[:, :, None], cols[:, None, :]].clamp_(0, 1)  # rounding can pass 1
 
+    def passes_per_image(self, example: torch.Tensor) -> int:
+        return self.num_masks
+
     @torch.no_grad()
     def _explain(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> Explanation:
         num_images, _, height, width = images.shape
@@ -76,6 +87,7 @@ class RISE(Technique):
             with self.autocast(images):
                 probabilities = self.model(masked).float().softmax(dim=1).view(len(masks), num_images, -1)
             scores.append(probabilities[:, image_rows, targets])
+            report_passes(stop, self.num_masks)
         centred = torch.cat(scores) - torch.cat(scores).mean(dim=0)  # N x R
         saliency = images.new_zeros((len(targets), height * width), dtype=torch.float32)
         for start, stop in spans:  # the masks again (cheap to redraw), weighted by the centred scores

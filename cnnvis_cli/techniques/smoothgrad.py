@@ -12,12 +12,19 @@ from __future__ import annotations
 import torch
 
 from cnnvis_cli.techniques.attribution import InputGradient, Saliency, SignedTechnique
-from cnnvis_cli.techniques.base import TechniqueContext, inputs_per_pass, stacked_rows
+from cnnvis_cli.techniques.base import (
+    TechniqueContext,
+    inputs_per_pass,
+    passes_reported_to,
+    report_passes,
+    stacked_rows,
+)
 
 
 class SmoothGrad(SignedTechnique):
     summary = "SmoothGrad (Smilkov et al., 2017): any gradient technique averaged over noisy copies"
     cost = "samples x the wrapped technique"
+    cheaper = "fewer technique.smooth.samples"
 
     def __init__(self, inner: InputGradient, *, samples: int, noise: float, seed: int = 0,
                  batch_size: int = 64) -> None:
@@ -39,6 +46,9 @@ class SmoothGrad(SignedTechnique):
     def heat(self, attribution: torch.Tensor, signed: torch.Tensor) -> torch.Tensor:
         return self.inner.heat(attribution, signed)
 
+    def passes_per_image(self, example: torch.Tensor) -> int:
+        return self.samples * self.inner.passes_per_image(example)
+
     def attribute(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator(device=images.device).manual_seed(self.seed)
         low = images.flatten(1).amin(dim=1).view(-1, 1, 1, 1)
@@ -52,7 +62,9 @@ class SmoothGrad(SignedTechnique):
             noise = torch.randn((copies, *images.shape), generator=generator, device=images.device,
                                 dtype=images.dtype)
             noisy = (images[None] + noise * sigma[None]).flatten(0, 1)
-            attribution = self.inner.attribute(noisy, stacked_rows(image_rows, copies, num_images),
-                                               targets.repeat(copies))
+            with passes_reported_to(None):  # this loop reports the passes, not the wrapped technique
+                attribution = self.inner.attribute(noisy, stacked_rows(image_rows, copies, num_images),
+                                                   targets.repeat(copies))
             total += attribution.float().view(copies, len(targets), *attribution.shape[1:]).sum(dim=0)
+            report_passes(start + copies, self.samples)
         return total / self.samples

@@ -12,7 +12,7 @@ from torch import nn
 
 from cnnvis_cli.config import TechniqueConfig
 from cnnvis_cli.techniques import TECHNIQUES, TechniqueContext, build_technique
-from cnnvis_cli.techniques.base import normalise_maps, row_gradients, slot_of_rows
+from cnnvis_cli.techniques.base import normalise_maps, passes_reported_to, row_gradients, slot_of_rows
 from cnnvis_cli.techniques.gradient import GradCAM
 
 NAMES = [*TECHNIQUES, "saliency+smooth"]
@@ -167,3 +167,23 @@ def test_inputs_per_pass_is_the_option_or_the_device_default(tiny_net) -> None:
     assert inputs_per_pass(TechniqueContext(tiny_net, ["features"], TechniqueConfig(batch_size=3))) == 3
     if torch.cuda.is_available():
         assert inputs_per_pass(TechniqueContext(tiny_net.cuda(), ["features"], TechniqueConfig())) == 64
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("scorecam", {}), ("occlusion", {}), ("rise", {"rise": {"masks": 40}}),
+    ("integrated_gradients", {"integrated_gradients": {"steps": 12}}), ("saliency", {"smooth": {"samples": 6}}),
+])
+def test_many_pass_techniques_report_their_passes_as_they_go(name: str, options: dict, tiny_net) -> None:
+    """What moves the progress bar within a batch: (done, total) after each group of passes, rising to the end."""
+    config = TechniqueConfig(batch_size=4)
+    for key, value in options.items():
+        setattr(config, key, type(getattr(config, key))(**value))
+    technique = build_technique(name, TechniqueContext(tiny_net, ["features"], config))  # saliency: in SmoothGrad
+    reports: list[tuple[int, int]] = []
+    with passes_reported_to(lambda done, total: reports.append((done, total))):
+        technique.explain(torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
+    assert len(reports) > 1
+    totals = {total for _, total in reports}
+    assert len(totals) == 1  # one stream of passes (a wrapped technique's own are not reported)
+    done = [count for count, _ in reports]
+    assert done == sorted(done) and done[-1] == totals.pop()
