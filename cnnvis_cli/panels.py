@@ -17,6 +17,7 @@ BACKGROUND = (255, 255, 255)
 TRUE_COLOUR = (30, 150, 60)  # the true class, in titles and in the bar chart
 PREDICTED_COLOUR = (200, 60, 40)  # a wrong prediction
 BAR_COLOUR = (120, 140, 170)
+GRID_COLOUR = (225, 225, 225)
 ZOOM_BOX = (255, 255, 255)
 MARGIN = 8
 
@@ -34,6 +35,7 @@ class Tile:
     box: tuple[int, int, int, int] | None = None  # the zoomed region in overlay pixels: x0, y0, x1, y1
     zoom: np.ndarray | None = None  # that region cut from the full-resolution original, RGB uint8
     is_true: bool = False
+    note: str = ""  # why there is no zoom (an empty map, a map too spread to zoom)
 
 
 @dataclass(frozen=True)
@@ -45,67 +47,91 @@ class PanelContent:
     colour_bars: list[tuple[str, np.ndarray, str, str]]  # caption, 256 x 3 RGB lookup table, low and high labels
 
 
+TARGETS_PER_ROW = 3  # a technique with more targets wraps onto further rows, so panels stay readable
+TITLE_HEIGHT = 38
+
+
 def percent(probability: float) -> str:
     """A probability as a percentage, with the smallest ones shown as below 0.1%, not as 0.0%."""
     return f"{probability:.1%}" if probability >= 0.0005 or probability == 0 else "<0.1%"
 
 
-def text_width(text: str, scale: float) -> int:
-    return cv2.getTextSize(text, FONT, scale, 1)[0][0]
+def text_width(text: str, scale: float, thickness: int = 1) -> int:
+    return cv2.getTextSize(text, FONT, scale, thickness)[0][0]
 
 
-def fit_text(text: str, width: int, scale: float) -> str:
+def fit_text(text: str, width: int, scale: float, thickness: int = 1) -> str:
     """`text`, shortened with '...' until it fits `width` pixels."""
-    if text_width(text, scale) <= width:
+    if text_width(text, scale, thickness) <= width:
         return text
-    while text and text_width(text + "...", scale) > width:
+    while text and text_width(text + "...", scale, thickness) > width:
         text = text[:-1]
     return text + "..."
+
+
+def wrap_text(text: str, width: int, scale: float) -> list[str]:
+    """`text` broken into lines of at most `width` pixels, at spaces."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and text_width(f"{lines[-1]} {word}", scale) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
 
 
 def put_text(canvas: np.ndarray, text: str, x: int, y: int, scale: float = 0.45, colour=TEXT,
              width: int | None = None, thickness: int = 1) -> None:
     """Draw `text` with its baseline at y, shortened to `width` pixels when given."""
     if width is not None:
-        text = fit_text(text, width, scale)
+        text = fit_text(text, width, scale, thickness)
     cv2.putText(canvas, text, (x, y), FONT, scale, colour, thickness, cv2.LINE_AA)
 
 
 def fit_image(image: np.ndarray, size: int) -> np.ndarray:
-    """`image` scaled to fit a size x size square (aspect kept), centred on the background colour."""
+    """`image` scaled to fit a size x size square (aspect kept), centred on the background colour. Enlarged
+    three times or more, its pixels are shown as squares (nearest neighbour) rather than smoothed into a blur."""
     height, width = image.shape[:2]
     scale = size / max(height, width)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST_EXACT if scale >= 3 else cv2.INTER_CUBIC
     resized = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
-                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+                         interpolation=interpolation)
     square = np.full((size, size, 3), BACKGROUND, dtype=np.uint8)
     top, left = (size - resized.shape[0]) // 2, (size - resized.shape[1]) // 2
     square[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
     return square
 
 
-def bar_chart(top: list[tuple[str, float, bool, int]], width: int, predicted_correct: bool) -> np.ndarray:
-    """The model's top guesses (name, probability, is the true class, rank) as horizontal bars scaled to the
-    largest, with their probabilities; the true class in green (listed last, with its rank, when it is not
-    among them), a wrong top guess in red."""
+def bar_chart(top: list[tuple[str, float, bool, int]], width: int, predicted_correct: bool | None) -> np.ndarray:
+    """The model's top guesses (name, probability, is the true class, rank) as horizontal bars on an
+    absolute scale (a full bar is 100%, with a 0-50-100% axis), with their probabilities; the true class in
+    green (listed last, with its rank, when it is not among them), a wrong top guess in red
+    (`predicted_correct` None: unlabelled, no colour for right or wrong)."""
     row = 18 if len(top) <= 16 else 14
     scale = 0.42 if len(top) <= 16 else 0.36
-    title_height = 22
-    chart = np.full((title_height + row * len(top) + MARGIN, width, 3), BACKGROUND, dtype=np.uint8)
+    title_height, axis_height = 22, 18
+    chart = np.full((title_height + row * len(top) + axis_height, width, 3), BACKGROUND, dtype=np.uint8)
     guesses = sum(rank == position + 1 for position, (_, _, _, rank) in enumerate(top))
     put_text(chart, f"top {guesses} guesses", 0, 15, 0.45, TEXT)
-    name_width, value_width = int(width * 0.45), 46
+    name_width, value_width = int(width * 0.42), 50
     bar_space = width - name_width - value_width - 8
-    largest = max((probability for _, probability, _, _ in top), default=0.0) or 1.0
+    bottom = title_height + row * len(top)
+    for share in (0.0, 0.5, 1.0):  # the scale: light rules under the bars, labelled below them
+        x = name_width + round(bar_space * share)
+        cv2.line(chart, (x, title_height), (x, bottom + 2), GRID_COLOUR, 1)
+        label = f"{share:.0%}"
+        put_text(chart, label, min(x - text_width(label, 0.35) // 2, width - text_width(label, 0.35)),
+                 bottom + 14, 0.35, MUTED)
     for position, (name, probability, is_true, rank) in enumerate(top):
         top_y = title_height + position * row
-        colour = TRUE_COLOUR if is_true else (PREDICTED_COLOUR if rank == 1 and not predicted_correct
-                                              else BAR_COLOUR)
+        wrong = rank == 1 and predicted_correct is False
+        colour = TRUE_COLOUR if is_true else (PREDICTED_COLOUR if wrong else BAR_COLOUR)
         label = name if rank == position + 1 else f"#{rank} {name}"
         put_text(chart, label, 0, top_y + row - 5, scale, TRUE_COLOUR if is_true else TEXT, width=name_width - 4,
                  thickness=2 if is_true else 1)
-        length = max(1, round(bar_space * probability / largest))
+        length = max(1, round(bar_space * min(1.0, probability)))
         cv2.rectangle(chart, (name_width, top_y + 3), (name_width + length, top_y + row - 3), colour, -1)
-        put_text(chart, percent(probability), name_width + bar_space + 4, top_y + row - 5, scale, MUTED)
+        put_text(chart, percent(probability), name_width + bar_space + 6, top_y + row - 5, scale, MUTED)
     return chart
 
 
@@ -122,45 +148,57 @@ def colour_bar(caption: str, lut: np.ndarray, low: str, high: str, width: int) -
     return strip
 
 
+def tile_title(tile: Tile, width: int, scale: float = 0.45) -> str:
+    """`class  #rank  probability`, the class name shortened so that rank and probability always show."""
+    numbers = f"  #{tile.rank}  {percent(tile.probability)}"
+    thickness = 2 if tile.is_true else 1
+    return fit_text(tile.class_name, width - text_width(numbers, scale, thickness), scale, thickness) + numbers
+
+
 def tile_picture(tile: Tile, size: int) -> np.ndarray:
     """The overlay at `size` px with its title above and the zoomed box drawn on it."""
-    title_height = 38
-    picture = np.full((title_height + size, size, 3), BACKGROUND, dtype=np.uint8)
+    picture = np.full((TITLE_HEIGHT + size, size, 3), BACKGROUND, dtype=np.uint8)
     overlay = cv2.resize(tile.overlay, (size, size), interpolation=cv2.INTER_LINEAR)
     if tile.box is not None:
         factor = size / tile.overlay.shape[1]
         x0, y0, x1, y1 = (round(v * factor) for v in tile.box)
         cv2.rectangle(overlay, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), ZOOM_BOX, 2)
-    picture[title_height:] = overlay
+    picture[TITLE_HEIGHT:] = overlay
     put_text(picture, f"{tile.technique}  {tile.role}", 0, 14, 0.45, MUTED, width=size)
-    put_text(picture, f"{tile.class_name}  #{tile.rank}  {percent(tile.probability)}", 0, 31, 0.45,
-             TRUE_COLOUR if tile.is_true else TEXT, width=size, thickness=2 if tile.is_true else 1)
+    put_text(picture, tile_title(tile, size), 0, 31, 0.45, TRUE_COLOUR if tile.is_true else TEXT,
+             thickness=2 if tile.is_true else 1)
     return picture
 
 
 def zoom_picture(tile: Tile, size: int) -> np.ndarray:
-    title_height = 38
-    picture = np.full((title_height + size, size, 3), BACKGROUND, dtype=np.uint8)
+    """The zoom into the tile's box, or in its place the reason there is none."""
+    picture = np.full((TITLE_HEIGHT + size, size, 3), BACKGROUND, dtype=np.uint8)
     if tile.zoom is not None:
-        picture[title_height:] = fit_image(tile.zoom, size)
+        picture[TITLE_HEIGHT:] = fit_image(tile.zoom, size)
         put_text(picture, "zoom on the box", 0, 31, 0.45, MUTED, width=size)
+    elif tile.note:
+        cv2.rectangle(picture, (0, TITLE_HEIGHT), (size - 1, TITLE_HEIGHT + size - 1), GRID_COLOUR, 1)
+        for line, text in enumerate(wrap_text(tile.note, size - 16, 0.42)):
+            put_text(picture, text, 8, TITLE_HEIGHT + 24 + 18 * line, 0.42, MUTED)
     return picture
 
 
 def render_panel(content: PanelContent, size: int = 224, zoom: bool = True,
-                 predicted_correct: bool = False) -> np.ndarray:
-    """The whole panel as an RGB uint8 array."""
+                 predicted_correct: bool | None = False) -> np.ndarray:
+    """The whole panel as an RGB uint8 array: the input and the top guesses on the left; on the right one
+    row per technique (wrapping after TARGETS_PER_ROW targets), each target's overlay beside its zoom."""
     gap = MARGIN
-    tiles = [tile_picture(tile, size) for tile in content.tiles]
-    if zoom:
-        tiles = [picture for tile, overlay in zip(content.tiles, tiles, strict=True)
-                 for picture in (overlay, zoom_picture(tile, size))]
-    targets_per_row = max(1, len({(t.role, t.class_name) for t in content.tiles}))
-    per_row = targets_per_row * (2 if zoom else 1)
-    grid_rows = [tiles[start:start + per_row] for start in range(0, len(tiles), per_row)]
-    tile_h, tile_w = tiles[0].shape[:2] if tiles else (size, size)
+    rows: list[list[np.ndarray]] = []
+    for technique in dict.fromkeys(tile.technique for tile in content.tiles):
+        tiles = [tile for tile in content.tiles if tile.technique == technique]
+        for start in range(0, len(tiles), TARGETS_PER_ROW):
+            rows.append([picture for tile in tiles[start:start + TARGETS_PER_ROW]
+                         for picture in ((tile_picture(tile, size), zoom_picture(tile, size)) if zoom
+                                         else (tile_picture(tile, size),))])
+    per_row = max((len(row) for row in rows), default=1)
+    tile_h, tile_w = TITLE_HEIGHT + size, size
     grid_w = per_row * tile_w + (per_row - 1) * gap
-    grid_h = len(grid_rows) * tile_h + max(0, len(grid_rows) - 1) * gap
+    grid_h = len(rows) * tile_h + max(0, len(rows) - 1) * gap
 
     left_w = max(size, 320)
     chart = bar_chart(content.top, left_w, predicted_correct)
@@ -181,7 +219,7 @@ def render_panel(content: PanelContent, size: int = 224, zoom: bool = True,
     canvas[y + 20 + size + gap:y + 20 + size + gap + chart.shape[0], MARGIN:MARGIN + left_w] = chart
 
     x0 = MARGIN + left_w + 2 * gap
-    for row_index, row in enumerate(grid_rows):
+    for row_index, row in enumerate(rows):
         top = y + row_index * (tile_h + gap)
         for column, picture in enumerate(row):
             left = x0 + column * (tile_w + gap)
@@ -193,20 +231,40 @@ def render_panel(content: PanelContent, size: int = 224, zoom: bool = True,
     return canvas
 
 
+EMPTY_MAP = ("empty map (all zero): nothing the technique sees raises this class's score here (for a CAM, "
+             "every weighted sum of the layer's channels is negative), or the map is flat")
+SPREAD = 0.5  # a zoom region larger than this share of the image is no zoom
+
+
+def zoom_region(heat: np.ndarray, threshold: float = 0.5) -> tuple[tuple[int, int, int, int] | None, str]:
+    """The box to zoom into (`zoom_box`), or None with the reason: the map is empty, or the region around its
+    peak covers more than SPREAD of the image."""
+    box = zoom_box(heat, threshold)
+    if box is None:
+        return None, EMPTY_MAP
+    x0, y0, x1, y1 = box
+    share = (x1 - x0) * (y1 - y0) / heat.size
+    if share > SPREAD:
+        return None, f"no zoom: the map is spread over {share:.0%} of the image, with no one region to look at"
+    return box, ""
+
+
 def zoom_box(heat: np.ndarray, threshold: float = 0.5, padding: float = 0.15) -> tuple[int, int, int, int] | None:
     """The most active region of a map: the bounding box (x0, y0, x1, y1, end exclusive) of the connected
     region around the map's peak where it is at or above `threshold` of the peak, padded by `padding` of its
     size on each side (and to at least an eighth of the map's side) and kept inside the map; None for an
-    empty map. The map is first blurred (sigma 1/32 of its side), so the box lands on where a speckled
-    gradient map is dense, not on one pixel."""
+    empty map. Regions are found on the map blurred (sigma 1/32 of its side): the box holds the map's own
+    peak wherever that lies in a region, and only for a speckled gradient map whose highest pixel stands
+    alone does it go to where the map is densest instead."""
     if float(heat.max()) <= 0:
         return None
     sigma = max(heat.shape) / 32
-    heat = cv2.GaussianBlur(heat.astype(np.float32), (0, 0), sigmaX=sigma, sigmaY=sigma)
-    peak = float(heat.max())
-    mask = (heat >= threshold * peak).astype(np.uint8)
-    _, labels = cv2.connectedComponents(mask, connectivity=8)
+    blurred = cv2.GaussianBlur(heat.astype(np.float32), (0, 0), sigmaX=sigma, sigmaY=sigma)
+    mask = (blurred >= threshold * float(blurred.max())).astype(np.uint8)
     peak_y, peak_x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    if not mask[peak_y, peak_x]:  # a lone speck: the peak of the blurred map instead
+        peak_y, peak_x = np.unravel_index(int(np.argmax(blurred)), heat.shape)
+    _, labels = cv2.connectedComponents(mask, connectivity=8)
     rows, cols = np.nonzero(labels == labels[peak_y, peak_x])
     y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     height, width = heat.shape

@@ -1,9 +1,11 @@
 """Heatmap overlays: colour the maps and blend them over the images, on the device, a batch at a time.
 
-Maps in [0, 1] go through the run's colormap. Signed maps go through a diverging blue-white-red map
-centred on zero and scaled per map by the 99th percentile of |value| (so a few extreme pixels do not wash
-out the rest); each pixel's colour is blended in proportion to sqrt(|value|), so the image shows through where
-the attribution is near zero, red marks evidence for the target and blue evidence against it.
+Maps in [0, 1] go through the run's colormap, blended in proportion to sqrt(value) (`alpha` at the map's
+peak), so the image shows through, untinted, where the model did not look. Signed maps go through a
+diverging blue-white-red map centred on zero and scaled per map by the 99th percentile of |value| (so a
+few extreme pixels do not wash out the rest); each pixel's colour is blended in proportion to
+sqrt(|value|), so the image shows through where the attribution is near zero, red marks evidence for the
+target and blue evidence against it.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ def colormap_lut(name: str, device: torch.device) -> torch.Tensor:
 
 
 def overlay(images: torch.Tensor, maps: torch.Tensor, lut: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Blend R colour-mapped heatmaps over R uint8 images (R x 3 x H x W): R x H x W x 3 uint8 RGB."""
-    levels = (maps.clamp(0, 1) * 255).round().long()
-    heat = lut[levels].float()  # R x H x W x 3
+    """Blend R colour-mapped heatmaps over R uint8 images (R x 3 x H x W): R x H x W x 3 uint8 RGB. Each
+    pixel's colour weighs alpha x sqrt(value): `alpha` where the map peaks, nothing where it is 0."""
+    values = maps.clamp(0, 1)
+    heat = lut[(values * 255).round().long()].float()  # R x H x W x 3
+    weight = alpha * values.sqrt()[..., None]  # the square root lifts moderate values into view
     base = images.permute(0, 2, 3, 1).float()
-    return (alpha * heat + (1 - alpha) * base).round().clamp(0, 255).to(torch.uint8)
+    return (weight * heat + (1 - weight) * base).round().clamp(0, 255).to(torch.uint8)
 
 
 SIGNED_PERCENTILE = 0.99

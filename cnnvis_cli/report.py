@@ -26,18 +26,28 @@ STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 0 24px 40px; color: #222; }
 h1 { font-size: 22px; margin: 18px 0 4px; } h2 { font-size: 17px; margin: 26px 0 8px; }
 .facts { color: #555; } .facts b { color: #222; }
+.findings { background: #f6f8fa; border: 1px solid #e1e4e8; border-radius: 6px; padding: 6px 16px; max-width: 980px; }
+.findings li { margin: 4px 0; }
+nav.sections { margin: 12px 0; } nav.sections a { margin-right: 14px; }
 table { border-collapse: collapse; } td, th { padding: 3px 10px; border-bottom: 1px solid #e3e3e3; text-align: left; }
 th { background: #f4f4f4; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
 .controls { position: sticky; top: 0; background: #fff; padding: 8px 0; border-bottom: 1px solid #ddd; z-index: 1; }
 .controls label { margin-right: 14px; } .controls select { margin-left: 4px; }
-#gallery { display: flex; flex-wrap: wrap; gap: 12px; margin-top: 12px; }
-.card { width: 320px; border: 1px solid #ddd; border-radius: 6px; padding: 8px; background: #fafafa; }
-.card img { width: 100%; height: auto; display: block; cursor: zoom-in; background: #fff; }
-.card .caption { margin-top: 6px; font-size: 13px; }
+#gallery { display: flex; flex-wrap: wrap; gap: 16px; margin-top: 12px; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: 8px; background: #fafafa; max-width: 100%;
+  box-sizing: border-box; }
+.card img { display: block; cursor: zoom-in; background: #fff; max-width: 100%; height: auto; }
+#gallery.small .card { width: 360px; } #gallery.small .card img { width: 100%; }
+.card .caption { margin-bottom: 6px; font-size: 13px; }
 .true { color: #1e963c; font-weight: 600; } .wrong { color: #c83c28; font-weight: 600; }
 .reasons { color: #666; font-size: 12px; }
-#viewer { max-width: 96vw; max-height: 96vh; padding: 0; border: none; }
-#viewer img { max-width: 94vw; max-height: 90vh; display: block; }
+#viewer { width: 96vw; height: 94vh; max-width: 96vw; max-height: 94vh; padding: 0; border: none;
+  box-sizing: border-box; overflow: hidden; }
+#viewer .bar { display: flex; gap: 12px; align-items: center; padding: 8px 12px; border-bottom: 1px solid #ddd;
+  height: 44px; box-sizing: border-box; }
+#viewer .bar .caption { flex: 1; overflow: hidden; white-space: nowrap; text-overflow: ellipsis; }
+#viewer .frame { overflow: auto; height: calc(100% - 44px); background: #fff; }
+#viewer .frame img { display: block; max-width: none; }
 #viewer::backdrop { background: rgba(0, 0, 0, 0.7); }
 a.confusion { cursor: pointer; }
 .group { display: flex; gap: 12px; align-items: flex-start; margin: 10px 0; }
@@ -47,7 +57,8 @@ img.thumb { width: 72px; height: 72px; margin: 0 4px 4px 0; }
 """
 
 SCRIPT = """
-const cards = Array.from(document.querySelectorAll('#gallery .card'));
+const gallery = document.getElementById('gallery');
+const cards = Array.from(gallery.querySelectorAll('.card'));
 const filters = ['reason', 'truth', 'predicted'];  // select ids, named as the cards' data attributes
 function apply() {
   let shown = 0;
@@ -66,10 +77,11 @@ function apply() {
   const sign = direction === 'desc' ? -1 : 1;
   const number = (card) => { const v = parseFloat(card.dataset[field]); return isNaN(v) ? -Infinity : v; };
   cards.slice().sort((a, b) => sign * (number(a) - number(b)) || a.dataset.rank - b.dataset.rank)
-    .forEach((card) => document.getElementById('gallery').appendChild(card));
+    .forEach((card) => gallery.appendChild(card));
+  gallery.className = document.getElementById('size').value;
   document.getElementById('shown').textContent = shown;
 }
-for (const id of [...filters, 'sort']) {
+for (const id of [...filters, 'sort', 'size']) {
   document.getElementById(id).addEventListener('change', apply);
 }
 for (const link of document.querySelectorAll('a.confusion')) {
@@ -82,15 +94,38 @@ for (const link of document.querySelectorAll('a.confusion')) {
     document.getElementById('gallery-title').scrollIntoView();
   });
 }
+// the viewer: a panel at its own size, scrolled where it is larger than the window; previous and next
+// follow the gallery as filtered and sorted (also with the arrow keys); Escape closes it
 const viewer = document.getElementById('viewer');
-for (const image of document.querySelectorAll('#gallery img')) {
-  image.addEventListener('click', (event) => {
-    event.preventDefault();
-    viewer.querySelector('img').src = image.getAttribute('src');
-    viewer.showModal();
-  });
+let current = null;
+function show(card) {
+  current = card;
+  const image = card.querySelector('img');
+  viewer.querySelector('.frame img').src = image.getAttribute('src');
+  viewer.querySelector('.frame img').alt = image.alt;
+  document.getElementById('viewer-file').href = image.getAttribute('src');
+  viewer.querySelector('.caption').textContent = card.querySelector('.caption').textContent;
+  viewer.querySelector('.frame').scrollTo(0, 0);
+  if (!viewer.open) viewer.showModal();
 }
-viewer.addEventListener('click', () => viewer.close());
+function step(by) {
+  const shown = Array.from(gallery.querySelectorAll('.card')).filter((card) => !card.hidden);
+  const next = shown[shown.indexOf(current) + by];
+  if (next) show(next);
+}
+for (const card of cards) {
+  const image = card.querySelector('img');
+  if (image) image.addEventListener('click', (event) => { event.preventDefault(); show(card); });
+}
+document.getElementById('previous').addEventListener('click', () => step(-1));
+document.getElementById('next').addEventListener('click', () => step(1));
+document.getElementById('close').addEventListener('click', () => viewer.close());
+viewer.addEventListener('click', (event) => { if (event.target === viewer) viewer.close(); });
+document.addEventListener('keydown', (event) => {
+  if (!viewer.open) return;
+  if (event.key === 'ArrowRight') { event.preventDefault(); step(1); }
+  if (event.key === 'ArrowLeft') { event.preventDefault(); step(-1); }
+});
 apply();
 """
 
@@ -118,17 +153,18 @@ def _card(row: dict[str, str], run: Path, prefix: str = "") -> str:
     panel = panel_path(index, row["sample_id"])
     picture = (f'<a href="{escape(prefix + panel)}"><img src="{escape(prefix + panel)}" loading="lazy" '
                f'alt="panel of sample {index}"></a>') if (run / panel).is_file() else "<p>(no panel)</p>"
-    wrong = row["label_name"] and row["label_name"] != row["predicted_name"]
+    labelled = bool(row["label_name"])
+    predicted_class = ("wrong" if row["label_name"] != row["predicted_name"] else "true") if labelled else ""
     confidence, loss = _number(row["confidence"]), _number(row["loss"])
     return (
         f'<div class="card" data-rank="{escape(row["rank"])}" data-reason="{escape(row["reasons"])}" '
         f'data-truth="{escape(row["label_name"])}" data-predicted="{escape(row["predicted_name"])}" '
-        f'data-confidence="{escape(row["confidence"])}" data-loss="{escape(row["loss"])}">{picture}'
-        f'<div class="caption">#{index} {escape(row["sample_id"])}<br>'
-        f'true <span class="true">{escape(row["label_name"] or "unlabelled")}</span>, predicted '
-        f'<span class="{"wrong" if wrong else "true"}">{escape(row["predicted_name"])}</span> '
-        f'({confidence:.1%}{"" if loss is None else f", loss {loss:.2f}"})<br>'
-        f'<span class="reasons">{escape(row["reasons"].replace("|", ", "))}</span></div></div>'
+        f'data-confidence="{escape(row["confidence"])}" data-loss="{escape(row["loss"])}">'
+        f'<div class="caption">#{index} {escape(row["sample_id"])}: '
+        f'true <span class="{"true" if labelled else ""}">{escape(row["label_name"] or "unlabelled")}</span>, '
+        f'predicted <span class="{predicted_class}">{escape(row["predicted_name"])}</span> '
+        f'({confidence:.1%}{"" if loss is None else f", loss {loss:.2f}"}) '
+        f'<span class="reasons">{escape(row["reasons"].replace("|", ", "))}</span></div>{picture}</div>'
     )
 
 
@@ -294,6 +330,94 @@ def _facts(summary: dict[str, Any]) -> str:
     return " &middot; ".join(f"{escape(key)} <b>{escape(value)}</b>" for key, value in facts)
 
 
+def _findings(summary: dict[str, Any], predictions: list[dict[str, str]]) -> list[str]:
+    """What the run found, in numbers: a few lines of HTML (data escaped) for the top of the report."""
+    labelled = [row for row in predictions if row["label_name"]]
+    wrong = [row for row in labelled if row["correct"] == "0"]
+    samples = summary.get("samples", len(predictions))
+    lines = [f"{samples} test samples" + (
+        f": {len(labelled) - len(wrong)} right, <b>{len(wrong)} wrong</b> (accuracy "
+        f"{(len(labelled) - len(wrong)) / len(labelled):.1%})" if labelled else " (unlabelled)")
+        + (f", {samples - len(labelled)} unlabelled" if labelled and samples > len(labelled) else "")
+        + (f"; {summary['unreadable']} files could not be read (errors.csv)" if summary.get("unreadable") else "")]
+    selection = summary.get("selection", {})
+    reasons = ", ".join(f"{count} {escape(name)}" for name, count in selection.get("selected_by_reason", {}).items())
+    lines.append(f"{selection.get('selected', 0)} selected for heatmaps ({reasons}): {summary.get('heatmaps', 0)} "
+                 f"heatmaps with {escape(', '.join(summary.get('techniques', [])))}")
+    confusions = Counter((row["label_name"], row["predicted_name"]) for row in wrong).most_common(3)
+    if confusions:
+        listed = "; ".join(f"{escape(truth)} &rarr; {escape(guess)} ({count})" for (truth, guess), count in confusions)
+        share = sum(count for _, count in confusions)
+        lines.append(f"most frequent confusions: {listed}: {share} of the {len(wrong)} wrong predictions")
+    for technique, groups in summary.get("metrics", {}).get("per_technique", {}).items():
+        lines += _metric_findings(technique, groups)
+    for technique, found in summary.get("patterns", {}).items():
+        for group in found.get("groups", []):
+            if group["size"] < 3 or group["wrong"] < 0.8 * group["size"]:
+                continue  # only the groups of (mostly) wrong predictions are findings
+            x, y = group["peak"]
+            lines.append(f"{escape(technique)}: a group of {group['size']} maps, {group['wrong']} of them of wrong "
+                         f"predictions, looks most at {_place(x, y)} of the image ({x:.0%} across, {y:.0%} down; "
+                         f"group {group['group'] + 1} below)")
+    sanity = summary.get("sanity")
+    if sanity and sanity.get("stages"):
+        flagged = sorted(set(sanity.get("flagged", [])) | set(sanity.get("flagged_labels", [])))
+        lines.append("sanity check: " + (f'<span class="wrong">{escape(", ".join(flagged))} failed it</span>: their '
+                                         "maps show the image more than the model" if flagged
+                                         else "every technique's maps change when the model's layers are randomised"))
+    return lines
+
+
+def _place(x: float, y: float) -> str:
+    """Where a point (fractions across and down) lies, in words: `the bottom left`, `the centre`."""
+    row = "top" if y < 1 / 3 else "bottom" if y > 2 / 3 else "middle"
+    column = "left" if x < 1 / 3 else "right" if x > 2 / 3 else "centre"
+    return "the centre" if (row, column) == ("middle", "centre") else f"the {row} {column}"
+
+
+def _metric_findings(technique: str, groups: dict[str, dict[str, float]]) -> list[str]:
+    """The metric that says most, for the predicted-class maps of wrong predictions against right ones."""
+    wrong, right = groups.get("predicted class, wrong", {}), groups.get("predicted class, correct", {})
+    for key, claim in (("denser_cue", "are denser on the cue than on the object"),
+                       ("pointing_object", "peak on the object")):
+        if key in wrong:
+            versus = f" (of the {right['maps']:.0f} right ones: {right[key]:.0%})" if key in right else ""
+            return [f"{escape(technique)}: the maps of {wrong[key]:.0%} of the {wrong['maps']:.0f} wrong predictions "
+                    f"{claim}{versus}"]
+    everything = groups.get("all maps", {})
+    labels = {"deletion_auc": "deletion AUC", "insertion_auc": "insertion AUC"}
+    parts = [f"{label} {everything[key]:.3f}" for key, label in labels.items() if key in everything]
+    return [f"{escape(technique)}: {', '.join(parts)} over all its maps"] if parts else []
+
+
+def _with_id(html: str, anchor: str) -> str:
+    """A section's html, its first heading given `anchor` as id when it has none (the navigation's target)."""
+    if f'id="{anchor}"' in html:
+        return html
+    return html.replace("<h2>", f'<h2 id="{anchor}">', 1)
+
+
+def _gallery(selected: list[dict[str, str]], run: Path, reasons: list[str], truths: list[str],
+             guesses: list[str]) -> str:
+    cards = "".join(_card(row, run) for row in selected)
+    count = len(selected)
+    return f"""<h2 id="gallery-title">Selected samples (<span id="shown">{count}</span> shown of {count})</h2>
+<div class="controls">
+<label>reason<select id="reason"><option value="">any</option>{_options(reasons)}</select></label>
+<label>true class<select id="truth"><option value="">any</option>{_options(truths)}</select></label>
+<label>predicted<select id="predicted"><option value="">any</option>{_options(guesses)}</select></label>
+<label>sort by<select id="sort"><option value="rank:asc">selection order</option>
+<option value="confidence:asc">confidence, lowest first</option>
+<option value="confidence:desc">confidence, highest first</option>
+<option value="loss:desc">loss, highest first</option>
+<option value="loss:asc">loss, lowest first</option></select></label>
+<label>panels<select id="size"><option value="large">at their size</option>
+<option value="small">small, side by side</option></select></label>
+<span class="reasons">click a panel to see it whole; arrow keys go to the previous and next</span>
+</div>
+<div id="gallery" class="large">{cards}</div>"""
+
+
 def write_report(run: Path, summary: dict[str, Any] | None = None) -> Path:
     """Build `report.html` in a run directory from its files (and its summary, when the run that is
     finishing hands it over before writing summary.json); returns its path."""
@@ -307,31 +431,33 @@ def write_report(run: Path, summary: dict[str, Any] | None = None) -> Path:
     reasons = list(summary.get("selection", {}).get("selected_by_reason", {}))
     truths = sorted({row["label_name"] for row in selected if row["label_name"]})
     guesses = sorted({row["predicted_name"] for row in selected})
-    cards = "".join(_card(row, run) for row in selected)
     model, dataset = str(summary.get("model", {}).get("name", "?")), str(summary.get("dataset", "?"))
+    sections = [  # (id, heading in the navigation, html); empty ones are left out
+        ("confusions", "confusions", "<h2 id=\"confusions\">Most frequent confusions (true &rarr; predicted)</h2>"
+                                     + _confusions(predictions)),
+        ("metrics", "heatmap metrics", _metrics(summary)),
+        ("patterns", "what the failures share", _patterns(summary)),
+        ("sanity", "sanity check", _sanity(summary)),
+        ("gallery-title", "gallery", _gallery(selected, run, reasons, truths, guesses)),
+        ("per-class", "per class", f"<h2 id=\"per-class\">Per class</h2>{_per_class(predictions, selected)}"),
+    ]
+    navigation = " ".join(f'<a href="#{anchor}">{escape(title)}</a>' for anchor, title, html in sections if html)
+    body = "\n".join(_with_id(html, anchor) for anchor, _, html in sections if html)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>cnnvis report: {escape(run.name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>Why the model fails: {escape(model)} on {escape(dataset)}</h1>
 <p class="facts">{_facts(summary)}</p>
-<h2>Most frequent confusions (true &rarr; predicted)</h2>{_confusions(predictions)}
-{_metrics(summary)}
-{_patterns(summary)}
-{_sanity(summary)}
-<h2 id="gallery-title">Selected samples (<span id="shown">{len(selected)}</span> shown of {len(selected)})</h2>
-<div class="controls">
-<label>reason<select id="reason"><option value="">any</option>{_options(reasons)}</select></label>
-<label>true class<select id="truth"><option value="">any</option>{_options(truths)}</select></label>
-<label>predicted<select id="predicted"><option value="">any</option>{_options(guesses)}</select></label>
-<label>sort by<select id="sort"><option value="rank:asc">selection order</option>
-<option value="confidence:asc">confidence, lowest first</option>
-<option value="confidence:desc">confidence, highest first</option>
-<option value="loss:desc">loss, highest first</option>
-<option value="loss:asc">loss, lowest first</option></select></label>
-</div>
-<div id="gallery">{cards}</div>
-<h2>Per class</h2>{_per_class(predictions, selected)}
-<dialog id="viewer"><img alt="full panel"></dialog>
+<h2 id="findings">What this run found</h2>
+<ul class="findings">{"".join(f"<li>{line}</li>" for line in _findings(summary, predictions))}</ul>
+<nav class="sections">Sections: {navigation}</nav>
+{body}
+<dialog id="viewer" aria-label="panel viewer"><div class="bar"><span class="caption"></span>
+<button id="previous" type="button" title="previous sample (left arrow key)">&lsaquo; previous</button>
+<button id="next" type="button" title="next sample (right arrow key)">next &rsaquo;</button>
+<a id="viewer-file" href="" target="_blank">open the PNG</a>
+<button id="close" type="button" title="close (Escape)">close &times;</button></div>
+<div class="frame"><img alt="full panel"></div></dialog>
 <script>{SCRIPT}</script>
 </body></html>
 """
@@ -376,6 +502,16 @@ def _ranking(jobs: list[Path], summaries: list[dict[str, Any]]) -> str:
             f"<table><tr><th>rank</th><th>technique</th><th>job</th>{head}</tr>{lines}</table>")
 
 
+def _sweep_name(folder: Path) -> str:
+    """`2026-11-26/08-00-00`: the sweep folder's date and time as Hydra names it, not the machine's path."""
+    return f"{folder.parent.name}/{folder.name}" if folder.parent.name else folder.name
+
+
+def _seconds(summary: dict[str, Any]) -> str:
+    total = summary.get("seconds", {}).get("total")
+    return "" if total is None else f"{total:.1f}"
+
+
 def write_sweep_report(folder: Path) -> Path:
     """Build each job's report and one `report.html` in the sweep folder that compares the jobs."""
     jobs = sweep_jobs(folder)
@@ -389,7 +525,7 @@ def write_sweep_report(folder: Path) -> Path:
         f'<td>{escape(", ".join(summary.get("techniques", [])))}</td>'
         f'<td class="n">{"n/a" if summary.get("accuracy") is None else format(summary["accuracy"], ".1%")}</td>'
         f'<td class="n">{summary.get("selection", {}).get("selected", 0)}</td>'
-        f'<td class="n">{summary.get("seconds", {}).get("total", "")}</td></tr>'
+        f'<td class="n">{_seconds(summary)}</td></tr>'
         for job, summary in zip(jobs, summaries, strict=True)
     )
     selected = [{row["index"]: row for row in read_csv(job / "selected.csv")} for job in jobs]
@@ -410,7 +546,7 @@ def write_sweep_report(folder: Path) -> Path:
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>cnnvis sweep: {escape(folder.name)}</title>
 <style>{STYLE} td img {{ width: 420px; height: auto; }}</style></head><body>
-<h1>Sweep {escape(str(folder))}: {len(jobs)} jobs</h1>
+<h1>Sweep {escape(_sweep_name(folder))}: {len(jobs)} jobs</h1>
 <table><tr><th>job</th><th>overrides</th><th>techniques</th><th>accuracy</th><th>selected</th><th>seconds</th></tr>
 {rows}</table>
 {_ranking(jobs, summaries)}

@@ -4,6 +4,9 @@ import numpy as np
 import torch
 
 from cnnvis_cli.panels import (
+    BAR_COLOUR,
+    PREDICTED_COLOUR,
+    TARGETS_PER_ROW,
     TRUE_COLOUR,
     PanelContent,
     Tile,
@@ -12,8 +15,10 @@ from cnnvis_cli.panels import (
     percent,
     render_panel,
     text_width,
+    tile_title,
     to_original,
     zoom_box,
+    zoom_region,
 )
 from cnnvis_cli.render import colormap_lut
 
@@ -71,6 +76,11 @@ def test_panel_grows_with_techniques_and_targets() -> None:
     assert panel(["gradcam"], ["pred", "true"], zoom=True).shape[1] > one.shape[1]
     assert panel(["gradcam", "scorecam", "lrp"], ["pred"], zoom=True).shape[0] > one.shape[0]
     assert panel(["gradcam"], ["pred"], zoom=False).shape[1] < one.shape[1]
+    # more targets than fit a row wrap onto further rows: the width stays that of a full row
+    three = panel(["gradcam"], ["pred", "true", "top3"], zoom=True)
+    many = panel(["gradcam", "lrp"], ["pred", "true", "top3", "top4", "top5"], zoom=True)
+    assert TARGETS_PER_ROW == 3 and many.shape[1] == three.shape[1]
+    assert many.shape[0] >= 4 * (128 + 38)  # two rows for each technique
 
 
 def test_a_true_class_outside_the_top_guesses_is_listed_last_with_its_rank() -> None:
@@ -83,3 +93,60 @@ def test_a_true_class_outside_the_top_guesses_is_listed_last_with_its_rank() -> 
 
 def test_percentages_never_round_a_real_chance_to_zero() -> None:
     assert (percent(0.8312), percent(0.0004), percent(0.0)) == ("83.1%", "<0.1%", "0.0%")
+
+
+def test_a_long_class_name_is_cut_short_and_rank_and_probability_stay() -> None:
+    tile = Tile("gradcam", "pred", "Staffordshire bullterrier, Staffordshire bull terrier, pit bull", 12, 0.0734,
+                np.zeros((8, 8, 3), dtype=np.uint8))
+    title = tile_title(tile, 224)
+    assert title.endswith("  #12  7.3%") and "..." in title and text_width(title, 0.45) <= 224
+
+
+def colour_pixels(chart: np.ndarray, colour: tuple[int, int, int]) -> int:
+    return int((chart == np.array(colour, dtype=np.uint8)).all(axis=2).sum())
+
+
+def test_bars_are_on_an_absolute_scale() -> None:
+    def bar_length(probability: float) -> int:
+        chart = bar_chart([("oak", probability, False, 1)], 320, predicted_correct=None)
+        return int((chart == np.array(BAR_COLOUR, dtype=np.uint8)).all(axis=2).any(axis=0).sum())
+
+    sure, unsure = bar_length(0.95), bar_length(0.006)
+    assert unsure <= 2 and sure >= 100  # an unsure top guess draws a sliver, not a full bar
+    assert abs(bar_length(0.5) - sure * 0.5 / 0.95) <= 2
+
+
+def test_unlabelled_samples_have_no_wrong_colour() -> None:
+    guesses = [("elm", 0.6, False, 1), ("ash", 0.3, False, 2)]
+    assert colour_pixels(bar_chart(guesses, 320, predicted_correct=False), PREDICTED_COLOUR) > 0
+    assert colour_pixels(bar_chart(guesses, 320, predicted_correct=None), PREDICTED_COLOUR) == 0
+
+
+def blobs(seed: int, size: int = 96) -> np.ndarray:
+    """A smooth map with a few bumps of random place, width and height, as a CAM looks."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:size, 0:size]
+    heat = np.zeros((size, size))
+    for _ in range(rng.integers(1, 5)):
+        y, x, width, height = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(2, 20), rng.uniform(0.2, 1)
+        heat += height * np.exp(-((ys - y) ** 2 + (xs - x) ** 2) / (2 * width ** 2))
+    return (heat / heat.max()).astype(np.float32)
+
+
+def test_the_zoom_holds_the_maps_peak() -> None:
+    for seed in range(300):
+        heat = blobs(seed)
+        box, note = zoom_region(heat)
+        if box is None:
+            assert note.startswith("no zoom: the map is spread over")
+            continue
+        x0, y0, x1, y1 = box
+        peak_y, peak_x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+        assert x0 <= peak_x < x1 and y0 <= peak_y < y1, seed
+
+
+def test_no_zoom_for_an_empty_or_a_spread_map_and_the_panel_says_why() -> None:
+    box, note = zoom_region(np.zeros((32, 32), dtype=np.float32))
+    assert box is None and note.startswith("empty map (all zero)")
+    box, note = zoom_region(np.ones((32, 32), dtype=np.float32))
+    assert box is None and note == "no zoom: the map is spread over 100% of the image, with no one region to look at"

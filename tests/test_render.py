@@ -14,15 +14,17 @@ def test_lut_is_opencv_colormap_in_rgb() -> None:
     assert lut[0].tolist() == bgr[0, 0, ::-1].tolist() and lut[255].tolist() == bgr[1, 0, ::-1].tolist()
 
 
-def test_overlay_blends_heat_and_image_by_alpha() -> None:
+def test_overlay_blends_heat_by_alpha_at_the_peak_and_leaves_zero_untinted() -> None:
     lut = colormap_lut("jet", torch.device("cpu"))
     images = torch.full((1, 3, 2, 2), 100, dtype=torch.uint8)
-    maps = torch.tensor([[[0.0, 1.0], [0.5, 1.0]]])
+    maps = torch.tensor([[[0.0, 1.0], [0.25, 1.0]]])
     assert torch.equal(overlay(images, maps, lut, 0.0)[0], images[0].permute(1, 2, 0))
     assert overlay(images, maps, lut, 1.0)[0, 0, 1].tolist() == lut[255].tolist()
-    half = overlay(images, maps, lut, 0.5)[0, 1, 0].float()
-    expected = (0.5 * lut[128].float() + 50).round()
-    assert torch.equal(half, expected)
+    blended = overlay(images, maps, lut, 0.6)[0]
+    assert blended[0, 0].tolist() == [100, 100, 100]  # where the map is 0 the image shows as it is
+    assert torch.equal(blended[0, 1].float(), (0.6 * lut[255].float() + 0.4 * 100).round())
+    quarter = 0.6 * 0.5  # weight alpha x sqrt(0.25)
+    assert torch.equal(blended[1, 0].float(), (quarter * lut[64].float() + (1 - quarter) * 100).round())
 
 
 def test_png_round_trip_keeps_rgb_order() -> None:

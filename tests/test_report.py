@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_cli import cnnvis
+from helpers import cnnvis
 
 from cnnvis_cli.errors import UserError
 from cnnvis_cli.report import build_report, write_report
@@ -77,8 +77,10 @@ def test_cnnvis_report_on_a_run_and_on_a_two_job_sweep(tmp_path: Path) -> None:
     sweep = cnnvis("run", "-m", "technique=gradcam,eigencam", "dataset.limit=60", "selection.max_samples=5",
                    "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stderr
-    jobs = [Path(line) for line in sweep.stdout.split()]
+    *jobs, folder = [Path(line) for line in sweep.stdout.splitlines()]  # the sweep's folder comes last
+    assert folder == tmp_path / "sweep" and (folder / "report.html").is_file()
     assert len(jobs) == 2 and all((job / "report.html").is_file() for job in jobs)
+    (folder / "report.html").unlink()
     (jobs[0] / "report.html").unlink()
     rebuilt = cnnvis("report", str(jobs[0]), cwd=tmp_path)
     assert rebuilt.returncode == 0 and Path(rebuilt.stdout.strip()) == jobs[0] / "report.html"
@@ -87,6 +89,9 @@ def test_cnnvis_report_on_a_run_and_on_a_two_job_sweep(tmp_path: Path) -> None:
     assert compared.returncode == 0, compared.stderr
     page = (tmp_path / "sweep" / "report.html").read_text()
     assert "2 jobs" in page and "technique=gradcam" in page and "technique=eigencam" in page
+    assert str(tmp_path) not in page  # the sweep is named by its folder, not by the machine's path
+    seconds = re.findall(r'<td class="n">(\d+\.\d+)</td></tr>', page)
+    assert len(seconds) == 2 and all(len(value.split(".")[1]) == 1 for value in seconds)
     assert len(re.findall(r'<img src="0/panels/', page)) == len(re.findall(r'<img src="1/panels/', page)) == 5
     missing = cnnvis("report", str(tmp_path / "nothing-here"), cwd=tmp_path)
     assert missing.returncode == 2
@@ -121,3 +126,24 @@ def test_a_sweep_ranks_its_techniques_by_faithfulness(tmp_path: Path) -> None:
     ranking = page[page.index("Techniques ranked by faithfulness"):]
     first, second = "<td>1</td><td>eigencam</td><td>1</td>", "<td>2</td><td>gradcam</td><td>0</td>"
     assert ranking.index(first) < ranking.index(second)
+
+
+def test_the_page_opens_with_what_the_run_found_and_links_to_its_sections(tmp_path: Path) -> None:
+    run = with_metrics(fake_run(tmp_path / "run", ("oak", "building")), "gradcam", 0.25, 0.5)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["patterns"] = {"gradcam": {"groups": [
+        {"group": 0, "size": 5, "wrong": 5, "peak": [0.1, 0.9], "image": "g0.png", "members": []},
+        {"group": 1, "size": 9, "wrong": 1, "peak": [0.5, 0.5], "image": "g1.png", "members": []}]}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    page = write_report(run).read_text()
+    findings = page[page.index("What this run found"):page.index("</ul>")]
+    assert "3 test samples: 1 right, <b>2 wrong</b> (accuracy 33.3%)" in findings
+    assert "most frequent confusions: oak &rarr; building (2): 2 of the 2 wrong predictions" in findings
+    assert "gradcam: the maps of 88% of the 2 wrong predictions are denser on the cue than on the object" in findings
+    assert "a group of 5 maps, 5 of them of wrong predictions, looks most at the bottom left" in findings
+    assert "a group of 9 maps" not in findings  # mostly right: not a finding
+    navigation = re.search(r'<nav class="sections">(.*?)</nav>', page).group(1)
+    anchors = re.findall(r'href="#([^"]+)"', navigation)
+    assert anchors == ["confusions", "metrics", "patterns", "gallery-title", "per-class"]  # no sanity check ran
+    assert all(f'id="{anchor}"' in page for anchor in anchors)
+    assert page.index("What this run found") < page.index('id="confusions"') < page.index('id="gallery-title"')

@@ -74,7 +74,35 @@ def test_demo_report_in_chromium(browser, tmp_path: Path) -> None:
     assert shown and all((card.get_attribute("data-truth"), card.get_attribute("data-predicted")) == pair
                          for card in shown)
 
-    page.locator("#gallery .card:visible img").first.click()  # the full panel opens over the page
-    assert page.locator("#viewer").is_visible()
+    # the gallery shows each panel at its own size where the page is wide enough
+    first = page.locator("#gallery .card:visible img").first
+    first.scroll_into_view_if_needed()
+    natural, shown = first.evaluate("(image) => [image.naturalWidth, image.clientWidth]")
+    assert natural > 0 and shown == min(natural, shown) and shown >= min(natural, 1300)
+
+    visible = page.locator("#gallery .card:visible")
+    captions = [card.locator(".caption").inner_text() for card in visible.all()]
+    first.click()  # the viewer opens over the page, the panel at its own size, scrollable
+    viewer = page.locator("#viewer")
+    assert viewer.is_visible() and viewer.locator(".caption").inner_text() == captions[0]
+    image = viewer.locator(".frame img")
+    page.wait_for_function("() => document.querySelector('#viewer .frame img').complete")
+    assert image.evaluate("(image) => image.clientWidth === image.naturalWidth && image.naturalWidth > 0")
+    link = viewer.locator("#viewer-file").get_attribute("href")
+    assert link == first.get_attribute("src") and (tmp_path / "run" / link).is_file()
     page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
+    if len(captions) > 1:  # previous and next follow the gallery as filtered, by button and by arrow key
+        viewer.locator("#next").click()
+        assert viewer.locator(".caption").inner_text() == captions[1]
+        page.keyboard.press("ArrowLeft")
+        assert viewer.locator(".caption").inner_text() == captions[0]
+        page.keyboard.press("ArrowRight")
+        assert viewer.locator(".caption").inner_text() == captions[1]
+    page.keyboard.press("Escape")
+    assert not viewer.is_visible()
+
+    page.select_option("#truth", "")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.locator("nav.sections a", has_text="gallery").click()  # the navigation takes the reader to a section
+    assert abs(page.locator("#gallery-title").evaluate("(heading) => heading.getBoundingClientRect().top")) < 50
     assert (tmp_path / "report.png").stat().st_size > 10_000 and errors == []
