@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cnnvis_cli import __version__
 from cnnvis_cli.errors import UserError, first_line, unknown_name
+from cnnvis_cli.output import drop_stdout, emit, stdout_to_stderr
 from cnnvis_cli.run_dir import refuse_if_held
 
 GROUPS = ("model", "dataset", "selection", "technique")
@@ -63,21 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command, rest = (args[0], args[1:]) if args else ("--help", [])
     try:
-        if command in ("-h", "--help", "help"):
-            sys.stdout.write(USAGE)
-            return 0
-        if command in ("-V", "--version"):
-            print(f"cnnvis {__version__}")
-            return 0
-        if command == "run":
-            return _run(rest)
-        if command == "list":
-            return _list(rest)
-        if command == "report":
-            return _report_command(rest)
-        if command == "demo":
-            return _demo(rest)
-        raise unknown_name("command", command, ("run", "list", "report", "demo"), "cnnvis --help")
+        code = _command(command, rest)
+        sys.stdout.flush()  # here, so that a reader that went away is noticed here, not at exit
+        return code
+    except BrokenPipeError:  # `cnnvis list techniques | head -1`: the reader has what it wanted
+        drop_stdout()
+        return 0
     except UserError as error:
         return fail(error)
     except KeyboardInterrupt as interruption:
@@ -85,6 +77,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f"; finish it with: cnnvis run resume={run_dir}" if run_dir else ""
         print(f"cnnvis: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def _command(command: str, rest: list[str]) -> int:
+    if command in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0
+    if command in ("-V", "--version"):
+        print(f"cnnvis {__version__}")
+        return 0
+    if command == "run":
+        return _run(rest)
+    if command == "list":
+        return _list(rest)
+    if command == "report":
+        return _report_command(rest)
+    if command == "demo":
+        return _demo(rest)
+    raise unknown_name("command", command, ("run", "list", "report", "demo"), "cnnvis --help")
 
 
 def fail(error: UserError) -> int:
@@ -129,11 +139,11 @@ def resume_overrides(argv: list[str]) -> list[str]:
 
 def _run(argv: list[str]) -> int:
     register_schema()
-    argv = resume_overrides(argv)
+    argv = resume_overrides(prepare_overrides(argv))
     check_overrides(argv)
-    for arg in argv:  # a folder that another run is writing, refused before Hydra writes its config there
-        if arg.startswith("hydra.run.dir="):
-            refuse_if_held(Path(arg.removeprefix("hydra.run.dir=")).expanduser().resolve())
+    run_dir = _override_value(argv, "hydra.run.dir")
+    if run_dir:  # a folder that another run is writing, refused before Hydra writes its config there
+        refuse_if_held(Path(run_dir).expanduser().resolve())
     app = _hydra_app()
     saved_argv = sys.argv
     sys.argv = ["cnnvis run", *argv]
@@ -144,6 +154,61 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
+_OVERRIDE = re.compile(r"(?P<key>[+~]{0,2}[\w.@/-]+)=(?P<value>.*)", re.DOTALL)
+_BARE_TRUE = re.compile(r"(?<=[\[,])\s*[Tt]rue\s*(?=[,\]])")
+
+
+def prepare_overrides(argv: list[str]) -> list[str]:
+    """The overrides as Hydra should read them. A value that starts with `~` is a path in the home folder:
+    the shell leaves `~` alone after `key=` and Hydra's grammar rejects it, so it is expanded here as a
+    shell would expand it (each value of a sweep), and quoted where Hydra needs quotes. A bare `true` in
+    `targets` is the target, not YAML's boolean."""
+    prepared = []
+    for arg in argv:
+        match = None if arg.startswith("-") else _OVERRIDE.fullmatch(arg)
+        if match is None:
+            prepared.append(arg)
+            continue
+        key, value = match["key"], match["value"]
+        if "~" in value and not value.startswith(("'", '"', "[", "{")):
+            value = ",".join(_hydra_string(key, os.path.expanduser(part)) if part.startswith("~") else part
+                             for part in value.split(","))
+        if key.lstrip("+~") == "targets":
+            value = _BARE_TRUE.sub("'true'", value)
+        prepared.append(f"{key}={value}")
+    return prepared
+
+
+def _hydra_string(key: str, value: str) -> str:
+    """`value` as it can stand after `key=` in a Hydra override: as it is where Hydra's grammar reads it as
+    that string, else quoted."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        if OverridesParser.create().parse_override(f"{key}={value}").value() == value:
+            return value
+    except HydraException:
+        pass
+    quote = "'" if "'" not in value else '"'
+    return f"{quote}{value}{quote}"
+
+
+def _override_value(argv: list[str], key: str) -> str | None:
+    """The value of `key` in the overrides (the last one given), as Hydra reads it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    for arg in reversed(argv):
+        if arg.startswith(f"{key}="):
+            try:
+                value = OverridesParser.create().parse_override(arg).value()
+            except HydraException:
+                return None  # check_overrides has said what is wrong with it
+            return str(value) if value is not None else None
+    return None
+
+
 def _hydra_app():
     import hydra
     from omegaconf import DictConfig
@@ -152,36 +217,36 @@ def _hydra_app():
     def cnnvis_run(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
 
-        from cnnvis_cli.config import load_run_config
+        from cnnvis_cli.checks import load_run_config
         from cnnvis_cli.pipeline import run
 
         try:
             run_config = load_run_config(cfg)
-            result = run(run_config, Path(HydraConfig.get().runtime.output_dir))
+            with stdout_to_stderr():  # whatever the model's code or its libraries print
+                result = run(run_config, Path(HydraConfig.get().runtime.output_dir))
         except UserError as error:
             sys.exit(fail(error))
         _report(result.summary, result.run_dir)
         if run_config.stdout == "jsonl":
-            for record in result.records:
-                print(json.dumps(record, ensure_ascii=False))
+            emit(json.dumps(record, ensure_ascii=False) for record in result.records)
         else:
-            print(result.run_dir)
-        sys.stdout.flush()
+            emit([str(result.run_dir)])
 
     return cnnvis_run
 
 
 def _report(summary: dict, run_dir: Path) -> None:
-    from cnnvis_cli.progress import stderr_console
+    """What the run found, in three lines on standard error and in the run's log (cnnvis.log)."""
+    import logging
 
     accuracy = summary["accuracy"]
     selection = summary["selection"]
     reasons = ", ".join(f"{name} {count}" for name, count in selection["selected_by_reason"].items())
     lines = [
-        f"[bold]{summary['samples']}[/] samples"
-        + (f", accuracy [bold]{accuracy:.1%}[/]" if accuracy is not None else " (unlabelled)")
-        + (f", [yellow]{summary['unreadable']} unreadable[/] (errors.csv)" if summary["unreadable"] else ""),
-        f"selected [bold]{selection['selected']}[/]" + (f" ({reasons})" if reasons else "")
+        f"{summary['samples']} samples"
+        + (f", accuracy {accuracy:.1%}" if accuracy is not None else " (unlabelled)")
+        + (f", {summary['unreadable']} unreadable (errors.csv)" if summary["unreadable"] else ""),
+        f"selected {selection['selected']}" + (f" ({reasons})" if reasons else "")
         + f"; {summary['heatmaps']} heatmaps with {', '.join(summary['techniques'])}",
         f"{summary['seconds']['total']:.1f} s on {summary['device']}; results in {run_dir}"
         + ("; open report.html there" if (run_dir / "report.html").is_file() else ""),
@@ -189,7 +254,7 @@ def _report(summary: dict, run_dir: Path) -> None:
     if not selection["selected"]:
         lines[1] = "no sample met the selection criteria: nothing to explain"
     for line in lines:
-        stderr_console.print(line, highlight=False, soft_wrap=True)
+        logging.getLogger("cnnvis").info(line)
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -205,10 +270,16 @@ def check_overrides(argv: list[str]) -> None:
     if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.config_path \
             or args.experimental_rerun:
         return
-    try:
-        overrides = OverridesParser.create().parse_overrides(args.overrides)
-    except HydraException as error:
-        raise UserError(f"cannot parse the overrides: {first_line(str(error))}") from error
+    parser = OverridesParser.create()
+    for text in args.overrides:
+        try:
+            parser.parse_override(text)
+        except HydraException as error:
+            raise UserError(
+                f"cannot read the override {text!r} ({first_line(str(error)).split(':')[0]}); quote a value "
+                "that holds special characters for Hydra, and the whole argument for the shell: "
+                f"{_quoting_example(text)}") from error
+    overrides = parser.parse_overrides(args.overrides)
     first = [_override_with(o, None) for o in overrides]
     variants = [first]  # the first value of every sweep, then each other value of each sweep in turn
     for position, override in enumerate(overrides):
@@ -219,6 +290,11 @@ def check_overrides(argv: list[str]) -> None:
         if args.config_dir:
             variant = _with_search_dir(variant, Path(args.config_dir).expanduser().resolve())
         _validate(compose(variant, args.config_name or "config"))
+
+
+def _quoting_example(text: str) -> str:
+    key, _, value = text.partition("=")
+    return f"\"{key}='{value}'\"" if value and "'" not in value else "\"key='a value'\""
 
 
 def _with_search_dir(overrides: list[str], folder: Path) -> list[str]:
@@ -254,9 +330,13 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config"):
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="cnnvis"):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     except MissingConfigException as error:
-        group, _, name = str(error.missing_cfg_file).rpartition("/")
-        if group in GROUPS and error.options:
-            raise unknown_name(group, name, error.options, f"cnnvis list {group}s") from error
+        # a single choice names its file; an item of a list (`technique=[gradcam,foo]`) only the message does
+        found = re.search(r"Could not load '([^']+)'", str(error))
+        missing = str(error.missing_cfg_file or (found.group(1) if found else ""))
+        group, _, name = missing.rpartition("/")
+        if group in GROUPS:
+            options = error.options or [path.stem for path in (config_dir() / group).glob("*.yaml")]
+            raise unknown_name(group, name, options, f"cnnvis list {group}s") from error
         raise UserError(first_line(str(error))) from error
     except ConfigCompositionException as error:
         raise _composition_error(error) from error
@@ -284,7 +364,7 @@ def _composition_error(error: Exception) -> UserError:
 
 
 def _validate(cfg) -> None:
-    from cnnvis_cli.config import check_paths, load_run_config
+    from cnnvis_cli.checks import check_paths, load_run_config
 
     check_paths(load_run_config(cfg))
 
@@ -355,7 +435,7 @@ def _print_table(rows: list[tuple[str, str]]) -> None:
 
 
 def _list_layers(overrides: list[str]) -> int:
-    from cnnvis_cli.config import load_run_config
+    from cnnvis_cli.checks import load_run_config
     from cnnvis_cli.models import load_model
 
     cfg = load_run_config(compose(overrides))
@@ -366,10 +446,12 @@ def _list_layers(overrides: list[str]) -> int:
     print(f"layers of {loaded.name} with a spatial output at {loaded.preprocess.input_size} px "
           f"(* = target layer; choose another with model.target_layer=NAME):")
     width = max(len(layer.name) for layer in layers)
+    kind_width = max(len(layer.kind) for layer in layers)
     for layer in layers:
         mark = "*" if layer.name == loaded.target_layer else " "
         shape = " x ".join(map(str, layer.shape))
-        print(f"{mark} {layer.name:<{width}}  {layer.kind:<20} {shape}")
+        shared = f"  called {layer.calls} times per pass: CAMs explain its last call" if layer.calls > 1 else ""
+        print(f"{mark} {layer.name:<{width}}  {layer.kind:<{kind_width}}  {shape}{shared}")
     return 0
 
 

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import CNNVIS, TIMEOUT, cnnvis, run_command, write_image_folder
 
-CNNVIS = shutil.which("cnnvis") or str(Path(sys.executable).parent / "cnnvis")
-
-
-def cnnvis(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
-    return subprocess.run([CNNVIS, *args], cwd=cwd, capture_output=True, text=True, input=stdin, env=env,
-                          timeout=300)
+pytestmark = pytest.mark.slow  # each test starts the command: seconds apiece
 
 
 def test_version_and_help(tmp_path: Path) -> None:
@@ -37,6 +30,10 @@ def test_run_prints_only_the_run_directory_on_stdout(tmp_path: Path) -> None:
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "cnnvis.log").is_file()
     assert (run_dir / "summary.json").is_file() and list((run_dir / "heatmaps" / "gradcam").glob("*.png"))
     assert "accuracy" in result.stderr
+    log = (run_dir / "cnnvis.log").read_text()  # the log holds what the run found, as standard error does
+    assert "40 samples, accuracy" in log and "heatmaps with gradcam" in log and " s on cpu; results in" in log
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert "- 'true'" in config and "True" not in config  # the target `true`, not YAML's boolean
 
 
 def test_default_run_directory_is_timestamped_under_outputs(tmp_path: Path) -> None:
@@ -51,8 +48,12 @@ def test_multirun_prints_one_directory_per_job_and_runs_inference_once(tmp_path:
                     f"hydra.sweep.dir={tmp_path / 'sweep'}", f"cache={tmp_path / 'cache'}", "progress=false",
                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines == [str(tmp_path / "sweep" / "0"), str(tmp_path / "sweep" / "1")]
+    lines = result.stdout.splitlines()  # each job's directory, then the sweep's, whose page compares them
+    assert lines == [str(tmp_path / "sweep" / "0"), str(tmp_path / "sweep" / "1"), str(tmp_path / "sweep")]
+    page = (tmp_path / "sweep" / "report.html").read_text()
+    assert 'href="0/report.html"' in page and 'href="1/report.html"' in page
+    assert f"<h1>Sweep {tmp_path.name}/sweep: 2 jobs</h1>" in page  # named by its folder, not the machine's path
+    lines = lines[:2]
     summaries = [json.loads((Path(line) / "summary.json").read_text()) for line in lines]
     assert [summary["techniques"] for summary in summaries] == [["gradcam"], ["scorecam"]]
     # the second job reuses the first job's predictions, and says so
@@ -78,6 +79,9 @@ def test_jsonl_output_is_one_object_per_selected_sample(tmp_path: Path) -> None:
     (["run", "dataset=imagefolder", "dataset.root=/no/such/folder"], "dataset folder not found: /no/such/folder"),
     (["run", "selection.threshold=2"], "selection.threshold=2.0 is outside [0, 1]"),
     (["run", "-m", "technique=gradcam,scorecamm"], "unknown technique 'scorecamm'; did you mean scorecam"),
+    (["run", "technique=[gradcam,scorecamm]"], "unknown technique 'scorecamm'; did you mean scorecam"),
+    (["run", "dataset.root=a=b)"], "quote a value that holds special characters for Hydra, and the whole "
+                                   "argument for the shell: \"dataset.root='a=b)'\""),
     (["run", "-m", "selection.threshold=0.3,1.5"], "selection.threshold=1.5 is outside [0, 1]"),
     (["run", "selection.treshold=0.3"], "unknown config key 'selection.treshold'; did you mean selection.threshold"),
     (["list", "modles"], "unknown list 'modles'; did you mean models"),
@@ -172,7 +176,66 @@ def test_setup_mistakes_are_one_line_before_any_inference(args: list[str], messa
 
 def test_hydra_full_error_shows_the_traceback(tmp_path: Path) -> None:
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
-    result = subprocess.run([CNNVIS, "run", "targets=[pred,dishwasher]"], cwd=tmp_path, capture_output=True,
-                            text=True, env=env, timeout=300)
+    result = run_command([CNNVIS, "run", "targets=[pred,dishwasher]"], cwd=tmp_path, env=env)
     assert result.returncode == 2 and "Traceback" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("cnnvis: error: unknown target 'dishwasher'")
+
+
+def test_home_folder_paths_work_as_the_readme_writes_them(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    write_image_folder(home / "data" / "val", {"cat": 2, "dog": 1})
+    result = cnnvis("run", "model=resnet18", "model.weights=null", "model.input_size=64", "dataset=imagefolder",
+                    "dataset.root=~/data/val", "dataset.num_workers=0", f"hydra.run.dir={tmp_path / 'r'}",
+                    "progress=false", cwd=tmp_path, env={**os.environ, "HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    assert len((tmp_path / "r" / "predictions.csv").read_text().splitlines()) == 1 + 3
+
+
+@pytest.mark.parametrize("args", [["list", "techniques"], ["--help"], ["run", "dataset.limit=8", "progress=false"]])
+def test_a_reader_that_goes_away_at_once_ends_the_output_quietly(args: list[str], tmp_path: Path) -> None:
+    process = subprocess.Popen([CNNVIS, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    process.stdout.close()  # as `| head -0` would
+    try:
+        stderr = process.communicate(timeout=TIMEOUT)[1]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"timed out after {TIMEOUT:.0f} s", pytrace=False)
+    assert process.returncode == 0 and "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    if args[0] == "run":
+        assert list((tmp_path / "outputs").glob("*/*/summary.json"))  # the run itself finished
+
+
+def test_what_a_models_code_prints_goes_to_standard_error(tmp_path: Path) -> None:
+    (tmp_path / "noisy_nets.py").write_text(
+        "import torchvision\n"
+        "def build():\n"
+        "    print('Loaded pretrained weights for noisy-net')\n"
+        "    return torchvision.models.resnet18(weights=None, num_classes=2)\n")
+    root = write_image_folder(tmp_path / "images", {"cat": 2, "dog": 1})
+    result = cnnvis("run", "model=custom", "model.factory=noisy_nets:build", "model.input_size=64",
+                    "model.class_names=dataset", "dataset=imagefolder", f"dataset.root={root}", "dataset.num_workers=0",
+                    "progress=false", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path,
+                    env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [str(tmp_path / "r")]
+    assert "Loaded pretrained weights for noisy-net" in result.stderr
+
+
+def test_list_layers_flags_a_module_called_more_than_once(tmp_path: Path) -> None:
+    (tmp_path / "shared_act.py").write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)\n"
+        "        self.act, self.head = nn.ReLU(), nn.Linear(4, 2)\n"
+        "    def forward(self, x):\n"
+        "        x = self.act(self.conv2(self.act(self.conv1(x))))\n"
+        "        return self.head(x.mean(dim=(2, 3)))\n")
+    result = cnnvis("list", "layers", "model=custom", "model.factory=shared_act:Net", "model.input_size=32",
+                    cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("* act"))
+    assert "ReLU" in line and "called 2 times per pass: CAMs explain its last call" in line

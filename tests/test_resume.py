@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import CNNVIS, cnnvis
+from helpers import CNNVIS, TIMEOUT, cnnvis
+
+pytestmark = pytest.mark.slow  # runs of the command, stopped and resumed
 
 ARGS = ["technique=scorecam", "technique.max_channels=48", "dataset.limit=300", "progress=false"]
 
@@ -36,12 +38,20 @@ def start_and_stop(folder: Path, cwd: Path, stop_when, sig: int,
     process = subprocess.Popen([CNNVIS, "run", *args, f"hydra.run.dir={folder}"], cwd=cwd, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + TIMEOUT  # a busy machine may take minutes to get there
     while not stop_when() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
+    if process.poll() is None and not stop_when():
+        process.kill()
+        pytest.fail(f"timed out after {TIMEOUT:.0f} s waiting for the run to get far enough to be stopped (a slow "
+                    "or busy machine? set CNNVIS_TEST_TIMEOUT to wait longer)", pytrace=False)
     assert process.poll() is None, "the run ended before it could be stopped"
     process.send_signal(sig)
-    stdout, stderr = process.communicate(timeout=60)
+    try:
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"the stopped run had not ended after {TIMEOUT:.0f} s", pytrace=False)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 

@@ -28,7 +28,8 @@ from torch import nn
 from cnnvis_cli.demo.network import WEIGHTS_FILE, DemoNet, preprocess
 from cnnvis_cli.demo.scene import SPLIT_SIZES, render_scene
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / WEIGHTS_FILE
+DEFAULT_OUTPUT = Path(WEIGHTS_FILE)  # in the current folder: the installed package is left as it is
+SHUFFLED_OUTPUT = Path("demo_net_shuffled_labels.pt")
 DEFAULT_EPOCHS = 14
 DEFAULT_SEED = 0
 DEFAULT_BATCH_SIZE = 64
@@ -165,8 +166,17 @@ def _train(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: train and save the demo weights."""
-    parser = argparse.ArgumentParser(description="Train the cnnvis demo network on synthetic shortcut scenes.")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where to write the state dict")
+    parser = argparse.ArgumentParser(
+        prog="cnnvis demo train",
+        description="Train the demo network on the synthetic shortcut scenes (deterministic on the CPU; the "
+                    "defaults reproduce the weights shipped with cnnvis) and save its state dict.",
+        epilog=f"Use the weights with: cnnvis run model.checkpoint={DEFAULT_OUTPUT}. A model trained with "
+               f"--shuffle-labels (saved to {SHUFFLED_OUTPUT} unless --output says otherwise) is for the label "
+               f"randomisation test: cnnvis run sanity=true sanity_label_model={SHUFFLED_OUTPUT}.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--output", type=Path, default=None,
+                        help=f"where to write the state dict (default: {DEFAULT_OUTPUT} in the current folder)")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="passes over the train split")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for initialisation and batch order")
     parser.add_argument("--shuffle-labels", action="store_true",
@@ -174,9 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
-    if args.shuffle_labels and args.output == DEFAULT_OUTPUT:
-        parser.error("--shuffle-labels needs --output PATH (it must not replace the demo's weights)")
-    train(args.output, epochs=args.epochs, seed=args.seed, shuffle_labels=args.shuffle_labels)
+    output = args.output or (SHUFFLED_OUTPUT if args.shuffle_labels else DEFAULT_OUTPUT)
+    train(output, epochs=args.epochs, seed=args.seed, shuffle_labels=args.shuffle_labels)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,6 +148,21 @@ def test_shortcut_metrics_counts_cue_following_errors() -> None:
     assert metrics["errors_following_cue"] == pytest.approx(0.5)
 
 
+def test_train_help_names_the_command_and_its_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train_module.main(["--help"])
+    shown = capsys.readouterr().out
+    assert exit_info.value.code == 0 and shown.startswith("usage: cnnvis demo train")
+    assert f"(default: {train_module.DEFAULT_EPOCHS})" in shown and "model.checkpoint=demo_net.pt" in shown
+
+
+def test_shuffled_labels_go_to_a_file_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded: dict[str, object] = {}
+    monkeypatch.setattr(train_module, "train", lambda output, **options: recorded.update(output=output))
+    assert train_module.main(["--shuffle-labels"]) == 0
+    assert recorded["output"] == Path("demo_net_shuffled_labels.pt")
+
+
 def test_train_cli_rejects_non_positive_epochs() -> None:
     with pytest.raises(SystemExit):
         train_module.main(["--epochs", "0"])
@@ -161,7 +177,6 @@ def test_train_cli_defaults_reproduce_the_shipped_weights(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(train_module, "train", fake_train)
     assert train_module.main([]) == 0
-    assert recorded["output"] == train_module.DEFAULT_OUTPUT
-    assert recorded["output"].name == WEIGHTS_FILE
+    assert recorded["output"] == Path(WEIGHTS_FILE)  # in the current folder, not inside the package
     assert recorded["epochs"] == train_module.DEFAULT_EPOCHS
     assert recorded["seed"] == train_module.DEFAULT_SEED
