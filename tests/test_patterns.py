@@ -109,6 +109,7 @@ def test_find_patterns_writes_mean_maps_and_the_members_of_each_group(tmp_path: 
     assert oak["correct"]["count"] == 3 and oak["wrong"]["count"] == 2
 
 
+@pytest.mark.slow
 def test_a_demo_run_with_every_analysis_writes_them_and_shows_them(tmp_path: Path) -> None:
     from helpers import run_config
 
@@ -139,6 +140,7 @@ def test_an_unknown_analysis_names_the_close_one() -> None:
         run_config("analysis=[group]")
 
 
+@pytest.mark.slow
 def test_on_the_shipped_demo_the_maps_that_follow_the_cue_form_groups_of_their_own(tmp_path: Path) -> None:
     """The demo model predicts a class when that class's mark sits in its corner; the groups of Grad-CAM's
     maps must find the corners, each holding the wrong predictions of the class whose mark is there."""

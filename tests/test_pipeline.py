@@ -27,6 +27,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", TORCHVISION_OPTIONS)
 def test_every_shipped_model_runs_over_an_image_folder(model: str, image_folder: Path, tmp_path: Path) -> None:
     cfg = run_config(f"model={model}", "model.weights=null", "dataset=imagefolder", f"dataset.root={image_folder}",
@@ -44,6 +45,7 @@ def test_every_shipped_model_runs_over_an_image_folder(model: str, image_folder:
     assert image.shape == (224, 224, 3)
 
 
+@pytest.mark.slow
 def test_demo_run_writes_every_artefact(tmp_path: Path) -> None:
     cfg = run_config("dataset.limit=120", "technique=[gradcam,scorecam]", "technique.max_channels=8",
                      "save_maps=true")
@@ -155,6 +157,7 @@ def test_a_technique_that_cannot_explain_the_model_is_refused_before_inference(
     assert not (tmp_path / "run" / "predictions.csv").exists()
 
 
+@pytest.mark.slow
 def test_every_technique_runs_on_the_demo_and_signed_ones_save_signed_maps(tmp_path: Path) -> None:
     from cnnvis_cli.techniques import TECHNIQUES
 

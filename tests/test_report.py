@@ -73,6 +73,7 @@ def test_a_folder_without_a_run_is_a_user_error(tmp_path: Path) -> None:
         build_report(tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_cnnvis_report_on_a_run_and_on_a_two_job_sweep(tmp_path: Path) -> None:
     sweep = cnnvis("run", "-m", "technique=gradcam,eigencam", "dataset.limit=60", "selection.max_samples=5",
                    "hydra.sweep.dir=sweep", cwd=tmp_path)

@@ -14,6 +14,8 @@ from helpers import run_config
 
 from cnnvis_cli.pipeline import run
 
+pytestmark = pytest.mark.slow  # a demo run, in a real browser
+
 CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome")
                  if (path := shutil.which(name))), None)
 

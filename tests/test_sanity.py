@@ -98,11 +98,3 @@ def test_the_label_test_compares_with_a_model_trained_on_shuffled_labels(tmp_pat
         assert [row["technique"] for row in csv.DictReader(file) if row["stage"] == "labels"] == ["gradcam",
                                                                                                  "saliency"]
     assert "model trained on shuffled labels" in (tmp_path / "run" / "report.html").read_text()
-
-
-def test_shuffled_training_must_not_replace_the_demo_weights() -> None:
-    from cnnvis_cli.demo.train import main
-
-    with pytest.raises(SystemExit) as raised:
-        main(["--shuffle-labels"])
-    assert raised.value.code == 2

@@ -17,6 +17,7 @@ from cnnvis_cli.run_dir import RunDir
 ALL = "metrics=[deletion,insertion,drop,pointing,energy]"
 
 
+@pytest.mark.slow
 def test_every_map_is_scored_and_averaged(tmp_path: Path) -> None:
     result = run(run_config("dataset.limit=150", "technique=[gradcam,eigencam]", ALL, "metrics_steps=5"), tmp_path)
     with (tmp_path / "metrics.csv").open(newline="") as file:
@@ -46,6 +47,7 @@ def test_an_unknown_metric_names_the_close_one() -> None:
         run_config("metrics=[delition]")
 
 
+@pytest.mark.slow
 def test_on_the_shipped_demo_the_maps_of_wrong_predictions_point_at_the_cue(tmp_path: Path) -> None:
     """The demo model follows a corner mark; Grad-CAM's, Score-CAM's and occlusion's maps of its wrong
     predictions must say so, and those of its right predictions must not."""

@@ -33,7 +33,8 @@ from cnnvis_cli.techniques.integrated import IntegratedGradients
 from cnnvis_cli.techniques.lrp import LRP
 from cnnvis_cli.techniques.occlusion import Occlusion
 
-MODELS = ["resnet18", "vgg16", "densenet121", "mobilenet_v3_large"]
+# vgg16 (in-place ReLU, 138 M parameters) takes seconds a test: with the slow tests
+MODELS = ["resnet18", pytest.param("vgg16", marks=pytest.mark.slow), "densenet121", "mobilenet_v3_large"]
 SIZE = 64
 TARGETS = [3, 250]
 
@@ -145,6 +146,7 @@ def captum_lrp(model: nn.Module, images: torch.Tensor, epsilon: float) -> np.nda
     return captum.attr.LRP(reference).attribute(images, target=TARGETS).sum(dim=1).detach().numpy()
 
 
+@pytest.mark.slow
 def test_lrp_agrees_with_captum_on_vgg16() -> None:
     model, images = model_and_images("vgg16")
     for epsilon in (1e-9, 0.25):

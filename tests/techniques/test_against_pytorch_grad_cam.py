@@ -39,7 +39,8 @@ REFERENCES = {  # cnnvis name -> pytorch-grad-cam class
     "layercam": pytorch_grad_cam.LayerCAM,
 }
 
-MODELS = ["resnet18", "vgg16", "densenet121", "mobilenet_v3_large"]
+# vgg16 (in-place ReLU, 138 M parameters) takes seconds a test: with the slow tests
+MODELS = ["resnet18", pytest.param("vgg16", marks=pytest.mark.slow), "densenet121", "mobilenet_v3_large"]
 # Grad-CAM++'s ratio g^2 / (2 g^2 + sum(A) g^3 + eps) is near-singular where hard-swish activations sum to
 # almost zero (MobileNetV3): float32 rounding in either library moves values by up to 6e-3 there
 # LayerCAM's element-wise maps peak sharply on MobileNetV3's 4 x 4 map at 128 px, where normalising
@@ -87,6 +88,7 @@ def test_agrees_with_pytorch_grad_cam(name: str, technique: str) -> None:
     np.testing.assert_allclose(ours, theirs, atol=TOLERANCE.get(technique, 1e-3))
 
 
+@pytest.mark.slow
 def test_ablationcam_agrees_with_pytorch_grad_cam() -> None:
     # on a layer whose output is ReLU-ed (its minimum is 0), pytorch-grad-cam ablates a channel by zeroing
     # it, as the paper does (elsewhere it uses min - 1e7)
@@ -166,6 +168,7 @@ class GradCamStyleScoreCAM(ScoreCAM):
         return scores.softmax(dim=1)
 
 
+@pytest.mark.slow
 def test_scorecam_differs_from_pytorch_grad_cam_only_by_its_four_changes() -> None:
     torch.manual_seed(0)
     model, layer = torchvision.models.resnet18(weights=None).eval(), "layer4"
