@@ -58,8 +58,9 @@ class TechniqueContext:
 
 def inputs_per_pass(context: TechniqueContext) -> int:
     """How many inputs a many-pass technique sends through the model at once: `technique.batch_size`, else
-    64 on a GPU and 8 on a CPU, where small batches run faster per image (resnet18 on 2 cores: 21.6 ms per
-    image at 8, 27.1 ms at 32, 29.8 ms at 64)."""
+    64 on a GPU and 8 on a CPU, where small batches run faster per input on an idle machine (2 cores:
+    resnet18 1.24x and efficientnet_b0 2.08x slower per input at 64 than at 8; benchmarks/RESULTS.md, which
+    also shows 32 running 1.8x faster than 8 while another process shares the cores)."""
     if context.options.batch_size:
         return context.options.batch_size
     parameter = next(context.model.parameters(), None)
