@@ -280,6 +280,11 @@ def check_overrides(argv: list[str]) -> None:
                 "that holds special characters for Hydra, and the whole argument for the shell: "
                 f"{_quoting_example(text)}") from error
     overrides = parser.parse_overrides(args.overrides)
+    for override in overrides:
+        if override.is_sweep_override() and not args.multirun:
+            example = _quoting_example(override.input_line)
+            raise UserError(f"{override.input_line!r} is a sweep (a comma separates values to try one by one); "
+                            f"add -m to sweep, or quote a value that holds a comma: {example}")
     first = [_override_with(o, None) for o in overrides]
     variants = [first]  # the first value of every sweep, then each other value of each sweep in turn
     for position, override in enumerate(overrides):

@@ -83,6 +83,8 @@ def test_jsonl_output_is_one_object_per_selected_sample(tmp_path: Path) -> None:
     (["run", "dataset.root=a=b)"], "quote a value that holds special characters for Hydra, and the whole "
                                    "argument for the shell: \"dataset.root='a=b)'\""),
     (["run", "-m", "selection.threshold=0.3,1.5"], "selection.threshold=1.5 is outside [0, 1]"),
+    (["run", "dataset=imagefolder", "dataset.root=/data/a,b"], "'dataset.root=/data/a,b' is a sweep (a comma separates "
+     "values to try one by one); add -m to sweep, or quote a value that holds a comma: \"dataset.root='/data/a,b'\""),
     (["run", "selection.treshold=0.3"], "unknown config key 'selection.treshold'; did you mean selection.threshold"),
     (["list", "modles"], "unknown list 'modles'; did you mean models"),
     (["run", "technique=integrated_gradients", "technique.integrated_gradients.baseline=grey"],
