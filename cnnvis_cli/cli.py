@@ -155,6 +155,7 @@ def _run(argv: list[str]) -> int:
 
 
 _OVERRIDE = re.compile(r"(?P<key>[+~]{0,2}[\w.@/-]+)=(?P<value>.*)", re.DOTALL)
+FREE_FORM = ("model.kwargs",)  # dictionaries whose keys are the user's: Hydra's struct mode would refuse them
 _BARE_TRUE = re.compile(r"(?<=[\[,])\s*[Tt]rue\s*(?=[,\]])")
 
 
@@ -162,7 +163,8 @@ def prepare_overrides(argv: list[str]) -> list[str]:
     """The overrides as Hydra should read them. A value that starts with `~` is a path in the home folder:
     the shell leaves `~` alone after `key=` and Hydra's grammar rejects it, so it is expanded here as a
     shell would expand it (each value of a sweep), and quoted where Hydra needs quotes. A bare `true` in
-    `targets` is the target, not YAML's boolean."""
+    `targets` is the target, not YAML's boolean. The keys of a free-form dictionary (`model.kwargs={depth:
+    18}`, `model.kwargs.depth=18`) are set whether or not the option file has them."""
     prepared = []
     for arg in argv:
         match = None if arg.startswith("-") else _OVERRIDE.fullmatch(arg)
@@ -175,6 +177,8 @@ def prepare_overrides(argv: list[str]) -> list[str]:
                              for part in value.split(","))
         if key.lstrip("+~") == "targets":
             value = _BARE_TRUE.sub("'true'", value)
+        if any(key == name or key.startswith(f"{name}.") for name in FREE_FORM):
+            key = f"++{key}"
         prepared.append(f"{key}={value}")
     return prepared
 

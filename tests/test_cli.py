@@ -71,3 +71,12 @@ def test_home_folder_values_are_expanded_and_quoted_where_hydra_needs_it(monkeyp
 
 def test_a_bare_true_among_the_targets_is_the_target() -> None:
     assert prepare_overrides(["targets=[pred,true]", "report=true"]) == ["targets=[pred,'true']", "report=true"]
+
+
+def test_a_factorys_keyword_arguments_are_the_users_own_keys() -> None:
+    from cnnvis_cli.cli import compose
+
+    whole = ["model.kwargs={num_classes: 5, depth: 18}"]
+    for given in (whole, ["model.kwargs.num_classes=5", "model.kwargs.depth=18"]):
+        cfg = compose(prepare_overrides(["model=custom", "model.factory=torchvision.models:resnet18", *given]))
+        assert dict(cfg.model.kwargs) == {"num_classes": 5, "depth": 18}
