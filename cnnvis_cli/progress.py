@@ -14,7 +14,9 @@ class RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         unit = task.fields.get("unit", "items")
-        speed = task.finished_speed or task.speed  # None until rich has two samples to measure between
+        # while running, rich's speed over its last 30 s; at the end, and before rich has two samples to
+        # measure between, the average over the whole stage
+        speed = None if task.finished else task.speed
         if not speed and task.elapsed and task.completed:
             speed = task.completed / task.elapsed
         if not speed:
