@@ -504,6 +504,7 @@ def _ranking(jobs: list[Path], summaries: list[dict[str, Any]]) -> str:
 
 def _sweep_name(folder: Path) -> str:
     """`2026-11-26/08-00-00`: the sweep folder's date and time as Hydra names it, not the machine's path."""
+    folder = folder.resolve()
     return f"{folder.parent.name}/{folder.name}" if folder.parent.name else folder.name
 
 
@@ -545,13 +546,14 @@ def write_sweep_report(folder: Path) -> Path:
                      f'{escape(row["predicted_name"])}</td>{cells}</tr>')
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>cnnvis sweep: {escape(folder.name)}</title>
-<style>{STYLE} td img {{ width: 420px; height: auto; }}</style></head><body>
+<style>{STYLE} table.side {{ width: 100%; }} table.side td img {{ width: 100%; height: auto; }}
+table.side td:first-child {{ width: 140px; }}</style></head><body>
 <h1>Sweep {escape(_sweep_name(folder))}: {len(jobs)} jobs</h1>
 <table><tr><th>job</th><th>overrides</th><th>techniques</th><th>accuracy</th><th>selected</th><th>seconds</th></tr>
 {rows}</table>
 {_ranking(jobs, summaries)}
 <h2>The samples every job selected ({len(shared)}), side by side</h2>
-<table><tr><th>sample</th>{header}</tr>{"".join(lines)}</table>
+<table class="side"><tr><th>sample</th>{header}</tr>{"".join(lines)}</table>
 </body></html>
 """
     path = folder / REPORT
