@@ -75,6 +75,10 @@ class PredictionCache:
         except OSError:
             return None
 
+    def discard(self, key: dict[str, Any]) -> None:
+        """Remove an entry that cannot be read, so that the next store replaces it."""
+        shutil.rmtree(self.entry(key), ignore_errors=True)
+
     def store(self, key: dict[str, Any], files: dict[str, bytes]) -> Path | None:
         """Write an entry; a cache that cannot be written is logged and skipped, never fatal."""
         folder = self.entry(key)

@@ -15,7 +15,7 @@ from cnnvis_cli.config import RunConfig, parse_run_config
 from cnnvis_cli.data import require_folder, require_list_file
 from cnnvis_cli.errors import unknown_name
 from cnnvis_cli.metrics import METRICS
-from cnnvis_cli.models import require_checkpoint
+from cnnvis_cli.models import check_model_keys, require_checkpoint
 from cnnvis_cli.patterns import ANALYSES
 from cnnvis_cli.selection import CRITERIA
 from cnnvis_cli.techniques import TECHNIQUES
@@ -25,6 +25,7 @@ def load_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     """The validated `RunConfig` of a composed config; UserError on the first mistake."""
     run_config = parse_run_config(cfg)
     check_names(run_config)
+    check_model_keys(run_config.model)
     return run_config
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from cnnvis_cli import __version__
 from cnnvis_cli.errors import UserError, first_line, unknown_name
 from cnnvis_cli.output import drop_stdout, emit, stdout_to_stderr
-from cnnvis_cli.run_dir import refuse_if_held
+from cnnvis_cli.run_dir import discard_unused, refuse_if_held
 
 GROUPS = ("model", "dataset", "selection", "technique")
 LISTABLE = ("models", "techniques", "datasets", "selections", "layers", "metrics", "analyses")
@@ -141,6 +141,10 @@ def _run(argv: list[str]) -> int:
     register_schema()
     argv = resume_overrides(prepare_overrides(argv))
     check_overrides(argv)
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):
+        folder = _override_value(argv, key)
+        if folder:
+            _require_makeable(key, Path(folder).expanduser().resolve())
     run_dir = _override_value(argv, "hydra.run.dir")
     if run_dir:  # a folder that another run is writing, refused before Hydra writes its config there
         refuse_if_held(Path(run_dir).expanduser().resolve())
@@ -198,6 +202,13 @@ def _hydra_string(key: str, value: str) -> str:
     return f"{quote}{value}{quote}"
 
 
+def _require_makeable(key: str, folder: Path) -> None:
+    """A UserError when `folder` cannot be a folder: it, or a folder above it, is a file."""
+    for path in (folder, *folder.parents):
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{key}={folder} cannot be made: {path} is a file, not a folder; choose another {key}")
+
+
 def _override_value(argv: list[str], key: str) -> str | None:
     """The value of `key` in the overrides (the last one given), as Hydra reads it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -224,11 +235,13 @@ def _hydra_app():
         from cnnvis_cli.checks import load_run_config
         from cnnvis_cli.pipeline import run
 
+        output_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
             run_config = load_run_config(cfg)
             with stdout_to_stderr():  # whatever the model's code or its libraries print
-                result = run(run_config, Path(HydraConfig.get().runtime.output_dir))
+                result = run(run_config, output_dir)
         except UserError as error:
+            discard_unused(output_dir, below=Path.cwd())  # a mistake leaves no run directory behind
             sys.exit(fail(error))
         _report(result.summary, result.run_dir)
         if run_config.stdout == "jsonl":

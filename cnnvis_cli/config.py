@@ -28,6 +28,7 @@ COLORMAPS = (  # OpenCV's colormaps, by the lower-case name of their cv2.COLORMA
     "turbo", "deepgreen",
 )
 BASELINES = ("black", "mean", "blurred", "noise")  # integrated gradients' baseline, occlusion's fill
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclass
@@ -58,9 +59,7 @@ class DatasetConfig:
     root: str | None = None
     split: str = "test"
     download: bool = False
-    extensions: list[str] = field(
-        default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
-    )
+    extensions: list[str] = field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     list_file: str | None = None  # files: one "path" or "path,label" per line; "-" reads standard input
     boxes: str | None = None  # a CSV file path,x0,y0,x1,y1 of object boxes (pointing and energy metrics)
     class_names: list[str] | None = None  # files: the label names, in index order
@@ -273,6 +272,10 @@ def check_values(cfg: RunConfig) -> None:
     ):
         if optional is not None and optional < 1:
             raise UserError(f"{key}={optional} must be at least 1, or null for no limit")
+    for key, size in (("model.input_size", cfg.model.input_size), ("model.resize_size", cfg.model.resize_size),
+                      ("model.num_classes", cfg.model.num_classes)):
+        if size is not None and size < 1:
+            raise UserError(f"{key}={size} must be at least 1, or null for the model's own")
     _check_choice("technique.integrated_gradients.baseline", cfg.technique.integrated_gradients.baseline, BASELINES)
     _check_choice("technique.occlusion.fill", cfg.technique.occlusion.fill, BASELINES)
     for key, value in (("technique.smooth.samples", cfg.technique.smooth.samples),

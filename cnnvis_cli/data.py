@@ -9,6 +9,7 @@ and the run records it.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import sys
@@ -23,7 +24,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from cnnvis_cli.config import DatasetConfig
+from cnnvis_cli.config import IMAGE_EXTENSIONS, DatasetConfig
 from cnnvis_cli.errors import UserError, first_line, unknown_name
 from cnnvis_cli.models import Preprocess
 from cnnvis_cli.names import class_key
@@ -80,6 +81,13 @@ class Source:
 UNREADABLE = (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError)
 
 
+def printable(text: str) -> str:
+    """`text` as any UTF-8 file can hold it: the bytes of a file name that are not UTF-8 (a name from an old
+    Windows or Samba share, which Python carries as lone surrogates) become `\\xNN` escapes, which say
+    exactly which bytes the name has."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def require_folder(root: str | Path) -> Path:
     """`dataset.root` as a path, which must be a folder."""
     path = Path(root).expanduser()
@@ -97,7 +105,11 @@ def require_list_file(list_file: str | Path) -> Path:
 
 
 def open_image(path: Path) -> Image.Image:
-    """Decode an image file as 8-bit RGB, with its EXIF orientation applied."""
+    """Decode an image file as 8-bit RGB, with its EXIF orientation applied. Anything but a regular file (a
+    broken link, a FIFO, which would block) is refused without being opened."""
+    if not path.is_file():
+        kind = "a broken link" if path.is_symlink() and not path.exists() else "not a regular file"
+        raise FileNotFoundError(f"{kind}: {printable(str(path))}")
     with Image.open(path) as image:
         image.load()
         image = ImageOps.exif_transpose(image)
@@ -118,9 +130,11 @@ class ImageFolderSource(Source):
         suffixes = {ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions}
 
         def images_in(folder: Path) -> list[Path]:
+            """Every entry named like an image but a folder: a broken link or a FIFO is a sample that
+            cannot be read, recorded as such, not one that silently is not there."""
             return sorted(
                 path for path in folder.rglob("*")
-                if path.suffix.lower() in suffixes and path.is_file() and not _hidden(path, folder)
+                if path.suffix.lower() in suffixes and not path.is_dir() and not _hidden(path, folder)
             )
 
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -139,7 +153,7 @@ class ImageFolderSource(Source):
         return len(self.samples)
 
     def sample_id(self, index: int) -> str:
-        return self.samples[index][0].relative_to(self.root).as_posix()
+        return printable(self.samples[index][0].relative_to(self.root).as_posix())
 
     def path(self, index: int) -> Path:
         return self.samples[index][0].resolve()
@@ -154,22 +168,30 @@ def _hidden(path: Path, top: Path) -> bool:
 
 
 class FileListSource(Source):
-    """Image paths listed one per line, optionally `path,label`, in a file or on standard input (`-`)."""
+    """Images listed in a CSV file, or on standard input (`-`): one `path` or `path,label` record per line,
+    quoted as CSV quotes (a path that holds a comma: `"a,b.png",oak`), with an optional header (`path` or
+    `path,label`) and `#` comment lines; relative paths are under the list's folder. A label is a class name
+    or a class index (of `dataset.class_names` when given, else of the model); one list does not mix them."""
 
-    def __init__(self, list_file: str, class_names: Sequence[str] | None) -> None:
+    def __init__(self, list_file: str, class_names: Sequence[str] | None,
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS) -> None:
         if list_file == "-":
-            lines, base = sys.stdin.read().splitlines(), Path.cwd()
+            stream = getattr(sys.stdin, "buffer", None)
+            text = stream.read().decode("utf-8", "surrogateescape") if stream else sys.stdin.read()
+            base = Path.cwd()
         else:
             path = require_list_file(list_file)
-            lines, base = path.read_text().splitlines(), path.parent
-        rows = [line.strip().rsplit(",", 1) if "," in line else [line.strip()] for line in lines]
-        rows = [row for row in rows if row[0] and not row[0].startswith("#")]
-        if not rows:
+            text, base = path.read_bytes().decode("utf-8", "surrogateescape"), path.parent
+        records = _list_records(text, list_file, tuple(ext.lower() for ext in extensions))
+        if not records:
             raise UserError(f"dataset.list_file {list_file} lists no images")
-        labels = [row[1].strip() if len(row) > 1 else "" for row in rows]
-        named = [label for label in labels if label and not label.lstrip("-").isdigit()]
-        self.class_names = list(class_names) if class_names else (sorted(set(named)) if named else None)
-        self.samples = [(_resolve(base, row[0]), self._label(label)) for row, label in zip(rows, labels, strict=True)]
+        numbers = [label for _, label in records if label.lstrip("-").isdigit()]
+        names = [label for _, label in records if label and not label.lstrip("-").isdigit()]
+        if numbers and names:
+            raise UserError(f"dataset.list_file {list_file} mixes class names ({names[0]}) and class indices "
+                            f"({numbers[0]}); label every line the same way")
+        self.class_names = list(class_names) if class_names else (sorted(set(names)) if names else None)
+        self.samples = [(_resolve(base, path_text), self._label(label)) for path_text, label in records]
 
     def highest_label(self) -> int | None:
         return max((label for _, label in self.samples), default=None)
@@ -189,14 +211,14 @@ class FileListSource(Source):
         return len(self.samples)
 
     def sample_id(self, index: int) -> str:
-        return str(self.samples[index][0])
+        return printable(str(self.samples[index][0]))
 
     def path(self, index: int) -> Path:
         return self.samples[index][0].resolve()
 
     def load(self, index: int) -> Sample:
         path, label = self.samples[index]
-        return Sample(open_image(path), label, str(path))
+        return Sample(open_image(path), label, self.sample_id(index))
 
 
 class BoxedSource(Source):
@@ -247,6 +269,28 @@ def read_boxes(boxes_file: str | Path, base: Path) -> dict[Path, str]:
                 raise UserError(f"dataset.boxes {path}, line {line}: the box is empty (x1 <= x0 or y1 <= y0)")
             boxes[_resolve(base, row["path"]).resolve()] = f"{x0:g} {y0:g} {x1:g} {y1:g}"
     return boxes
+
+
+def _list_records(text: str, list_file: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The (path, label) records of a file list's text ("" where a line has no label)."""
+    reader = csv.reader(io.StringIO(text))
+    records: list[tuple[str, str]] = []
+    for row in reader:
+        fields = [field.strip() for field in row]
+        if not fields or not fields[0] or fields[0].startswith("#"):
+            continue
+        if not records and [field.lower() for field in fields] in (["path"], ["path", "label"]):
+            continue  # the header
+        where = f"dataset.list_file {list_file}, line {reader.line_num}"
+        if len(fields) > 2:
+            raise UserError(f"{where}: {len(fields)} fields where a line holds path or path,label; quote a path "
+                            'that holds a comma: "a,b.png",label')
+        label = fields[1] if len(fields) > 1 else ""
+        if label.lower().endswith(extensions):
+            raise UserError(f"{where}: the label '{label}' looks like the end of a path that holds a comma; quote "
+                            f'the path: "{fields[0]},{label}"')
+        records.append((fields[0], label))
+    return records
 
 
 def _resolve(base: Path, text: str) -> Path:
@@ -354,7 +398,7 @@ def _open_source(cfg: DatasetConfig) -> Source:
     if cfg.name == "files":
         if not cfg.list_file:
             raise UserError("dataset=files needs dataset.list_file=PATH (or - for standard input)")
-        return FileListSource(cfg.list_file, cfg.class_names)
+        return FileListSource(cfg.list_file, cfg.class_names, cfg.extensions)
     if cfg.name in ("cifar10", "fashion_mnist", "imagenette"):
         return TorchvisionSource(cfg)
     raise unknown_name("dataset", cfg.name, DATASETS, "cnnvis list datasets")
@@ -422,7 +466,8 @@ class SampleSet(Dataset):
             sample = self.source.load(index)
             image = self.geometry(sample.image)
         except UNREADABLE as error:
-            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            reason = printable(f"{type(error).__name__}: "
+                               f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}")
             return BadSample(index, self.source.sample_id(index), reason)
         label = sample.label
         if label != UNLABELLED and self.label_map is not None:

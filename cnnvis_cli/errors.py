@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -24,6 +25,10 @@ def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -
     return UserError(f"{message} ({hint})" if hint else message)
 
 
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colours that a library put in its message
+
+
 def first_line(text: str) -> str:
-    """The first non-blank line of a (library's) error message."""
+    """The first non-blank line of a (library's) error message, without terminal colour codes."""
+    text = _TERMINAL_CODES.sub("", text)
     return next((line.strip() for line in text.splitlines() if line.strip()), text.strip())

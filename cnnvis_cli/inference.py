@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from cnnvis_cli.data import UNLABELLED, BadSample, Batch
 from cnnvis_cli.device import autocast
-from cnnvis_cli.errors import UserError
+from cnnvis_cli.errors import UserError, first_line
 from cnnvis_cli.memory import Halving, release_freed_memory
 from cnnvis_cli.models import Preprocess
 from cnnvis_cli.progress import progress_bar
@@ -73,11 +74,31 @@ def predictions_bytes(predictions: Predictions) -> bytes:
     return buffer.getvalue()
 
 
+class UnreadablePredictions(ValueError):
+    """Stored predictions that are cut short, tampered with, or not predictions at all."""
+
+
 def predictions_from_bytes(data: bytes) -> Predictions:
-    with np.load(io.BytesIO(data)) as stored:
-        bad = [BadSample(int(index), sample_id, reason) for index, sample_id, reason in stored["bad"]]
-        return Predictions(**{name: stored[name] for name in ARRAYS}, sample_ids=[str(i) for i in stored["sample_ids"]],
-                           bad=bad)
+    """The `Predictions` that `predictions_bytes` stored; UnreadablePredictions for anything else (arrays of
+    objects, which would need pickle, are refused)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+            bad = [BadSample(int(index), str(sample_id), str(reason)) for index, sample_id, reason in stored["bad"]]
+            predictions = Predictions(**{name: stored[name] for name in ARRAYS},
+                                      sample_ids=[str(i) for i in stored["sample_ids"]], bad=bad)
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as error:
+        raise UnreadablePredictions(first_line(str(error)) or type(error).__name__) from error
+    rows = {len(getattr(predictions, name)) for name in ARRAYS} | {len(predictions.sample_ids)}
+    top = predictions.topk_classes
+    if len(rows) != 1 or top.ndim != 2 or top.shape != predictions.topk_probs.shape:
+        raise UnreadablePredictions("its arrays do not describe the same samples")
+    return predictions
+
+
+def refuse_unreadable(bad: list[BadSample]) -> None:
+    """With strict=true, the first unreadable image stops the run."""
+    if bad:
+        raise UserError(f"unreadable image {bad[0].sample_id} ({bad[0].reason}); strict=true stops here")
 
 
 def prediction_header(topk: int, extra_columns: Iterable[str]) -> list[str]:
@@ -107,9 +128,8 @@ def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, 
         task = bar.add_task("inference", total=total, unit="images")
         for batch_number, batch in enumerate(batches):
             release_freed_memory(batch_number)
-            if strict and batch.bad:
-                first = batch.bad[0]
-                raise UserError(f"unreadable image {first.sample_id} ({first.reason}); strict=true stops here")
+            if strict:
+                refuse_unreadable(batch.bad)
             bad += batch.bad
             if batch.indices:
                 images = batch.images.to(device, non_blocking=True)

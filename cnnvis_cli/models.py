@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from cnnvis_cli.config import ModelConfig
-from cnnvis_cli.errors import UserError, unknown_name
+from cnnvis_cli.errors import UserError, first_line, unknown_name
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -82,6 +82,28 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             "make model.class_names match model.num_classes"
         )
     return LoadedModel(module, cfg.name, preprocess, class_names, num_classes, target_layer, layers, from_dataset)
+
+
+def check_model_keys(cfg: ModelConfig) -> None:
+    """Every model source honours every model key or refuses it: a key that a source would ignore is a
+    mistake, said before any work."""
+    refusals = []
+    if cfg.source != "custom":
+        refusals += [(key, "it is for model=custom") for key, value in (("model.factory", cfg.factory),
+                                                                      ("model.kwargs", cfg.kwargs)) if value]
+    if cfg.source == "custom" and cfg.weights:
+        refusals.append(("model.weights", "a custom model gets its weights from its factory or model.checkpoint"))
+    if cfg.source == "demo":
+        from cnnvis_cli.demo.scene import CLASS_NAMES
+
+        if cfg.weights:
+            refusals.append(("model.weights", "the demo model's weights are its own; model.checkpoint=PATH replaces "
+                                              "them"))
+        if cfg.num_classes not in (None, len(CLASS_NAMES)):
+            refusals.append(("model.num_classes", f"the demo model has {len(CLASS_NAMES)} classes"))
+    if refusals:
+        key, why = refusals[0]
+        raise UserError(f"model={cfg.name} does not use {key}: {why}; drop {key}")
 
 
 def torchvision_model_names() -> list[str]:
@@ -171,7 +193,7 @@ def _demo_model(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, list[str] | No
     module = network.load_demo_model() if not cfg.checkpoint else network.DemoNet()
     size = scene.IMAGE_SIZE
     preprocess = _preprocess_from(cfg, size, size, network.MEAN, network.STD)
-    return module, preprocess, list(scene.CLASS_NAMES)
+    return module, preprocess, _class_names(cfg, list(scene.CLASS_NAMES), len(scene.CLASS_NAMES))
 
 
 def _preprocess_from(cfg: ModelConfig, resize_size: int | None, input_size: int | None,
@@ -229,14 +251,23 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as error:  # safetensors' own error: a file cut short, garbage, a pickle by another name
+            raise UserError(f"cannot read {path} as safetensors ({first_line(str(error))}); give a file that "
+                            "safetensors.torch.save_file wrote, or a .pt state dict") from error
     else:
+        with path.open("rb") as file:
+            magic = file.read(4)
+        if magic != b"PK\x03\x04" and not magic.startswith(b"\x80"):  # torch.save's zip file, or a bare pickle
+            raise UserError(f"{path} is not a PyTorch checkpoint (neither the zip file that torch.save writes nor "
+                            "a pickle); give a state dict saved with torch.save, or a .safetensors file")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # pickle errors name the offending global on their first line
             raise UserError(
                 f"cannot load {path} as a plain state dict (only tensors are allowed, no code): "
-                f"{str(error).strip().splitlines()[0]}"
+                f"{first_line(str(error))}"
             ) from error
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -279,6 +310,9 @@ def inspect_layers(module: nn.Module, input_size: int) -> tuple[list[LayerInfo],
     try:
         with torch.inference_mode():
             logits = module(torch.zeros(1, 3, input_size, input_size, device=device))
+    except RuntimeError as error:  # too small for its convolutions and poolings, or the wrong shape altogether
+        raise UserError(f"the model cannot run on {input_size} x {input_size} px inputs ({first_line(str(error))}); "
+                        "check model.input_size") from error
     finally:
         for handle in handles:
             handle.remove()

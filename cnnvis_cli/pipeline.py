@@ -28,6 +28,7 @@ from cnnvis_cli.data import (
     label_mapping,
     make_loader,
     open_source,
+    printable,
     subset_indices,
     unmatched_classes,
 )
@@ -36,12 +37,14 @@ from cnnvis_cli.errors import UserError
 from cnnvis_cli.explain import Explained, RenderOptions, explain_cases
 from cnnvis_cli.inference import (
     Predictions,
+    UnreadablePredictions,
     class_name,
     normalise,
     predict,
     prediction_header,
     predictions_bytes,
     predictions_from_bytes,
+    refuse_unreadable,
 )
 from cnnvis_cli.metrics import METRICS_FILE, MetricRecorder
 from cnnvis_cli.models import LoadedModel, load_model, resolve_target_layer
@@ -126,6 +129,9 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     layers = [resolve_target_layer(loaded.module, name, loaded.layers) for name in cfg.technique.layers] \
         if cfg.technique.layers else [loaded.target_layer]
     techniques = _techniques(cfg, loaded, layers, device)
+    # the label test's model is loaded now, so that a file that does not fit stops the run before any work
+    shuffled = load_model(replace(cfg.model, checkpoint=cfg.sanity_label_model)).module.to(device) \
+        if cfg.sanity and cfg.sanity_label_model else None
     for layer in loaded.layers:
         if layer.name in layers and layer.calls > 1 and any(t.uses_layers for t in techniques):
             log.warning("layer %s is one module called %d times per forward pass (a shared activation, say); the "
@@ -145,17 +151,23 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     key = prediction_key(cfg, loaded.preprocess, source, indices, class_names, label_map, keep_k, device) \
         if cache else None
     cached = cache.load(key) if cache and key else None
+    predictions = None
     if cfg.resume and stored.is_file() and (run_dir.root / "predictions.csv").is_file():
-        predictions = predictions_from_bytes(stored.read_bytes())
-        log.info("resuming: reusing the %d predictions of %s", len(predictions), run_dir.root)
-    elif cached is not None:
-        predictions = predictions_from_bytes(cached[PREDICTIONS_NPZ])
-        for name, data in cached.items():
-            run_dir.write_bytes(name, data)
-        _write_errors(run_dir, predictions)
-        log.info("inference skipped: reusing the %d predictions cached by an earlier run with the same model, "
-                 "weights, data and preprocessing (%s)", len(predictions), cache.entry(key))
-    else:
+        predictions = _readable(stored.read_bytes(), f"the run's {PREDICTIONS_NPZ}")
+        if predictions is not None:
+            log.info("resuming: reusing the %d predictions of %s", len(predictions), run_dir.root)
+    if predictions is None and cached is not None:
+        predictions = _readable(cached[PREDICTIONS_NPZ], f"the cached predictions at {cache.entry(key)}")
+        if predictions is None:
+            cache.discard(key)  # replaced by this run's
+            cached = None
+        else:
+            for name, data in cached.items():
+                run_dir.write_bytes(name, data)
+            _write_errors(run_dir, predictions)
+            log.info("inference skipped: reusing the %d predictions cached by an earlier run with the same model, "
+                     "weights, data and preprocessing (%s)", len(predictions), cache.entry(key))
+    if predictions is None:
         with run_dir.csv_stream("predictions.csv", prediction_header(cfg.topk, source.extra_columns)) as csv:
             predictions = predict(
                 loaded.module, loader(indices, cfg.dataset.batch_size), loaded.preprocess, device,
@@ -167,6 +179,8 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
         run_dir.write_bytes(PREDICTIONS_NPZ, predictions_bytes(predictions))
         if cache and key:
             cache.store(key, {name: run_dir.path(name).read_bytes() for name in FILES})
+    if cfg.strict:  # also for predictions read back, which recorded their unreadable images
+        refuse_unreadable(predictions.bad)
     stages.finish("selection")
 
     selection = select(predictions, cfg.selection)
@@ -208,7 +222,7 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     sanity = None
     if cfg.sanity:
         stages.finish("sanity")
-        sanity = _sanity(cfg, loaded, layers, techniques, selection, predictions, device, run_dir,
+        sanity = _sanity(cfg, loaded, shuffled, layers, techniques, selection, predictions, device, run_dir,
                          lambda chosen: loader(chosen, cfg.explain_batch_size))
     stages.finish("report")
 
@@ -233,9 +247,9 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     return RunResult(run_dir.root, summary, records)
 
 
-def _sanity(cfg: RunConfig, loaded: LoadedModel, layers: list[str], techniques: list[Technique],
-            selection: Selection, predictions: Predictions, device: torch.device, run_dir: RunDir,
-            loader) -> dict[str, Any]:
+def _sanity(cfg: RunConfig, loaded: LoadedModel, shuffled: torch.nn.Module | None, layers: list[str],
+            techniques: list[Technique], selection: Selection, predictions: Predictions, device: torch.device,
+            run_dir: RunDir, loader) -> dict[str, Any]:
     """The cascading randomisation test on the first `sanity_samples` selected samples, for their predicted
     classes: sanity.csv, and what summary.json and the report show."""
     rows = [case.row for case in selection.cases[:cfg.sanity_samples]]
@@ -256,8 +270,7 @@ def _sanity(cfg: RunConfig, loaded: LoadedModel, layers: list[str], techniques: 
 
     results = cascading_randomisation(loaded.module, explain, cfg.sanity_stages, cfg.seed)
     labels = None
-    if cfg.sanity_label_model:
-        shuffled = load_model(replace(cfg.model, checkpoint=cfg.sanity_label_model)).module.to(device)
+    if shuffled is not None:
         labels = compare_maps(explain(loaded.module), explain(shuffled))
     return record_sanity(results, labels, len(images), run_dir)
 
@@ -298,6 +311,15 @@ def _check_labels(highest: int | None, label_count: int) -> None:
     if highest is not None and highest >= label_count:
         raise UserError(f"the dataset has label {highest} but only labels 0..{label_count - 1} fit the model; "
                         "check the labels, model.num_classes and model.class_names")
+
+
+def _readable(data: bytes, what: str) -> Predictions | None:
+    """Stored predictions, or None (and a log line) when they cannot be read: inference runs again."""
+    try:
+        return predictions_from_bytes(data)
+    except UnreadablePredictions as error:
+        log.warning("%s cannot be read (%s); running inference again", what, error)
+        return None
 
 
 def _write_errors(run_dir: RunDir, predictions: Predictions) -> None:
@@ -373,7 +395,7 @@ def _record(item: Explained, predictions: Predictions, class_names: list[str], s
     return {
         "index": int(predictions.indices[row]),
         "id": predictions.sample_ids[row],
-        "path": None if path is None else str(path),
+        "path": None if path is None else printable(str(path)),
         "label": class_name(class_names, label) or None,
         "prediction": class_names[int(predictions.predicted[row])],
         "confidence": round(float(predictions.confidence[row]), 6),

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,6 +35,31 @@ def panel_path(index: int, sample_id: str) -> str:
 
 
 HOLDER_FILE = ".running"  # the process id of the run writing the directory, while it runs
+HYDRAS_OWN = {".hydra", "cnnvis.log", HOLDER_FILE}  # what Hydra writes into a run directory before the run
+
+
+def discard_unused(root: Path, below: Path) -> None:
+    """Remove a run directory that holds nothing but what Hydra put there (a run stopped by a mistake before
+    any work of its own), and the folders above it that this leaves empty, up to `below` (exclusive): a
+    mistake leaves no `outputs/DATE/TIME` behind. A directory with anything else in it is left as it is."""
+    root = root.resolve()
+    if not root.is_dir() or any(entry.name not in HYDRAS_OWN for entry in root.iterdir()):
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    below = below.resolve()
+    for parent in root.parents:
+        if parent == below or not parent.is_relative_to(below) or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_current_umask()  # what open() gives a new file; mkstemp's files are 0600
 
 
 class RunDir:
@@ -118,6 +144,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
+        os.chmod(temporary, FILE_MODE)  # readable as the umask allows, like every other file (a web server's)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

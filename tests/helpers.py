@@ -56,3 +56,14 @@ def cnnvis(*args: str, cwd: Path, stdin: str | None = None, env: dict[str, str] 
     """The installed `cnnvis` command, without HYDRA_FULL_ERROR (a user's one-line errors)."""
     environment = {key: value for key, value in (env or os.environ).items() if key != "HYDRA_FULL_ERROR"}
     return run_command([CNNVIS, *args], cwd=cwd, env=environment, stdin=stdin)
+
+
+def tiny_classifier(num_classes: int = 2):
+    """A convolution, a ReLU and a linear head: a model fast enough to run hundreds of times in one test
+    (`model=custom model.factory=helpers:tiny_classifier`)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -77,6 +78,10 @@ UNREADABLE = {  # file name -> bytes; each must be skipped and recorded
 CLASSES = ["big cat", "čaj ☕", "v1.2", "back\\slash", "-dash"]
 
 
+NOT_UTF8 = b"caf\xe9.png"  # a Latin-1 name, as old Windows and Samba shares have them
+ENTRIES = ("broken_link.png", "link_loop.png", "fifo.png")  # named like images, none a file to read
+
+
 @pytest.fixture
 def bad_folder(tmp_path: Path) -> Path:
     root = tmp_path / "data"
@@ -87,6 +92,12 @@ def bad_folder(tmp_path: Path) -> Path:
                 (root / name / file).write_bytes(content)
         else:
             (root / name / f"img {number}.png").write_bytes(png_bytes(rgb(seed=number)))
+    first = root / CLASSES[0]
+    with open(os.path.join(os.fsencode(first), NOT_UTF8), "wb") as file:
+        file.write(png_bytes(rgb(seed=9)))
+    (first / "broken_link.png").symlink_to(first / "no such file.png")
+    (first / "link_loop.png").symlink_to(first / "link_loop.png")
+    os.mkfifo(first / "fifo.png")  # opening it would wait for a writer for ever
     (root / "empty class").mkdir()
     return root
 
@@ -97,15 +108,17 @@ def test_every_bad_input_is_read_or_skipped_with_a_record(bad_folder: Path, tmp_
                      "dataset.num_workers=0", "model.input_size=32", "model.resize_size=32",
                      "selection.criteria=[low_confidence]", "selection.threshold=1.0", "render.panels=true")
     result = run(cfg, tmp_path / "run")
-    readable = len(READABLE) + len(CLASSES) - 1
-    assert result.summary["samples"] == readable and result.summary["unreadable"] == len(UNREADABLE)
-    with (tmp_path / "run" / "errors.csv").open(newline="") as file:
+    readable = len(READABLE) + 1 + len(CLASSES) - 1
+    assert result.summary["samples"] == readable and result.summary["unreadable"] == len(UNREADABLE) + len(ENTRIES)
+    with (tmp_path / "run" / "errors.csv").open(newline="", encoding="utf-8") as file:
         errors = {row["sample_id"]: row["reason"] for row in csv.DictReader(file)}
-    assert set(errors) == {f"big cat/{name}" for name in UNREADABLE} and all(errors.values())
+    assert set(errors) == {f"big cat/{name}" for name in [*UNREADABLE, *ENTRIES]} and all(errors.values())
     assert "DecompressionBomb" in errors["big cat/bomb.png"]
-    with (tmp_path / "run" / "predictions.csv").open(newline="") as file:
+    assert "a broken link" in errors["big cat/broken_link.png"] and "not a regular file" in errors["big cat/fifo.png"]
+    with (tmp_path / "run" / "predictions.csv").open(newline="", encoding="utf-8") as file:
         predicted = {row["sample_id"] for row in csv.DictReader(file)}
     assert {f"big cat/{name}" for name in READABLE} <= predicted and "čaj ☕/img 1.png" in predicted
+    assert "big cat/caf\\xe9.png" in predicted  # the byte that is not UTF-8, escaped: it names the file exactly
     # nothing outside the run directory, whatever the names hold
     assert set(tmp_path.iterdir()) == outside | {tmp_path / "run"}
     run_files = [path.relative_to(tmp_path / "run") for path in (tmp_path / "run").rglob("*") if path.is_file()]

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import run_config, write_image_folder
@@ -13,6 +14,7 @@ from helpers import run_config, write_image_folder
 from cnnvis_cli import pipeline
 from cnnvis_cli.cache import PredictionCache, prediction_key
 from cnnvis_cli.data import open_source, subset_indices
+from cnnvis_cli.errors import UserError
 from cnnvis_cli.models import load_model
 from cnnvis_cli.pipeline import run
 
@@ -65,7 +67,7 @@ def test_second_run_reuses_the_predictions_without_inference(tmp_path: Path, mon
     folder = write_image_folder(tmp_path / "images", {"cat": 3, "dog": 3})
     (folder / "cat" / "broken.png").write_bytes(b"not a png")
     overrides = ("dataset=imagefolder", f"dataset.root={folder}", "dataset.num_workers=0",
-                 f"cache={tmp_path / 'cache'}", "model.num_classes=2", "model.class_names=dataset")
+                 f"cache={tmp_path / 'cache'}")
     first = run(run_config(*overrides), tmp_path / "first")
     assert first.summary["predictions_from_cache"] is None
 
@@ -105,3 +107,43 @@ def test_an_entry_is_read_only_when_whole(tmp_path: Path) -> None:
     (cache.entry(key) / "predictions.csv").unlink()
     assert cache.load(key) is None
     assert not list(cache.entry(key).parent.glob(".partial-*"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "object arrays", "wrong lengths"])
+def test_an_entry_that_cannot_be_read_is_replaced_with_a_log_line(damage: str, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    overrides = ("dataset.limit=24", f"cache={tmp_path / 'cache'}")
+    first = run(run_config(*overrides), tmp_path / "first")
+    entry = next((tmp_path / "cache" / "predictions").iterdir())
+    stored = entry / "predictions.npz"
+    if damage == "truncated":
+        stored.write_bytes(stored.read_bytes()[:300])
+    else:
+        with np.load(stored) as arrays:
+            tampered = dict(arrays)
+        if damage == "object arrays":
+            tampered["sample_ids"] = np.array([object()] * len(tampered["sample_ids"]), dtype=object)
+        else:
+            tampered["confidence"] = tampered["confidence"][:3]
+        with stored.open("wb") as file:
+            np.savez(file, **tampered)
+    with caplog.at_level("WARNING", logger="cnnvis"):
+        second = run(run_config(*overrides), tmp_path / "second")
+    assert f"the cached predictions at {entry} cannot be read" in caplog.text
+    assert "running inference again" in caplog.text
+    assert second.summary["predictions_from_cache"] is None and second.summary["samples"] == 24
+    for name in ("predictions.csv", "predictions.npz"):
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes()
+    assert first.summary["accuracy"] == second.summary["accuracy"]
+    third = run(run_config(*overrides), tmp_path / "third")  # the entry was replaced: it serves again
+    assert third.summary["predictions_from_cache"] == str(entry)
+
+
+def test_strict_is_strict_whatever_the_cache_holds(tmp_path: Path) -> None:
+    folder = write_image_folder(tmp_path / "images", {"cat": 2, "dog": 2})
+    (folder / "cat" / "broken.png").write_bytes(b"not a png")
+    overrides = ("dataset=imagefolder", f"dataset.root={folder}", "dataset.num_workers=0",
+                 f"cache={tmp_path / 'cache'}")
+    assert run(run_config(*overrides), tmp_path / "first").summary["unreadable"] == 1  # cached, unreadable included
+    with pytest.raises(UserError, match=r"unreadable image cat/broken.png .*; strict=true stops here"):
+        run(run_config(*overrides, "strict=true"), tmp_path / "strict")

@@ -80,3 +80,11 @@ def test_a_factorys_keyword_arguments_are_the_users_own_keys() -> None:
     for given in (whole, ["model.kwargs.num_classes=5", "model.kwargs.depth=18"]):
         cfg = compose(prepare_overrides(["model=custom", "model.factory=torchvision.models:resnet18", *given]))
         assert dict(cfg.model.kwargs) == {"num_classes": 5, "depth": 18}
+
+
+def test_a_run_directory_under_a_file_is_a_one_line_mistake(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "taken").write_text("a file")
+    assert main(["run", f"hydra.run.dir={tmp_path / 'taken' / 'run'}"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"cnnvis: error: hydra.run.dir={tmp_path / 'taken' / 'run'} cannot be made: {tmp_path / 'taken'} is a "
+        "file, not a folder; choose another hydra.run.dir")

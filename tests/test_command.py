@@ -120,18 +120,25 @@ def write_mismatched_checkpoint(folder: Path) -> Path:
     (["model=resnet18", "model.weights=null", "technique.layers=[layer9]"],
      "unknown target layer 'layer9'; did you mean"),
     (["model=resnet18", "model.checkpoint=CHECKPOINT"], "does not fit the architecture"),
+    (["model=resnet18", "model.checkpoint=TEXT"], "is not a PyTorch checkpoint (neither the zip file"),
+    (["model=resnet18", "model.weights=null", "model.target_layer=layer9"], "unknown target layer 'layer9'"),
     (["device=cuda"], "device=cuda but CUDA is not available here; use device=auto or device=cpu"),
     (["targets=[pred,dishwasher]"], "unknown target 'dishwasher'"),
+    (["targets=[pred,7]"], "unknown target '7'"),  # the demo has 4 classes
+    (["sanity=true", "sanity_label_model=TEXT"], "is not a PyTorch checkpoint"),
 ])
-def test_setup_mistakes_are_one_line_before_any_inference(args: list[str], message: str, tmp_path: Path) -> None:
+def test_setup_mistakes_are_one_line_and_leave_nothing_behind(args: list[str], message: str, tmp_path: Path) -> None:
     (tmp_path / "empty" / "cat").mkdir(parents=True)
     checkpoint = write_mismatched_checkpoint(tmp_path)
-    args = [arg.replace("EMPTY", str(tmp_path / "empty")).replace("CHECKPOINT", str(checkpoint)) for arg in args]
+    (tmp_path / "text.pt").write_text("not a checkpoint\n")
+    args = [arg.replace("EMPTY", str(tmp_path / "empty")).replace("CHECKPOINT", str(checkpoint))
+            .replace("TEXT", str(tmp_path / "text.pt")) for arg in args]
     result = cnnvis("run", *args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if "][WARNING]" not in line]
     assert len(lines) == 1 and lines[0].startswith("cnnvis: error: ") and message in lines[0]
-    assert not list(tmp_path.rglob("predictions.csv*"))  # stopped before inference
+    assert "\x1b[" not in lines[0]  # no terminal colours from a library's message
+    assert not (tmp_path / "outputs").exists()  # no run directory: the mistake stopped it before any work
 
 
 def test_hydra_full_error_shows_the_traceback(tmp_path: Path) -> None:

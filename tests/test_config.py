@@ -77,6 +77,11 @@ def test_users_own_option_file_is_found_and_checked_by_the_schema(tmp_path: Path
     ("metrics_steps=0", r"metrics_steps=0 must be at least 1"),
     ("dataset.num_workers=-1", r"dataset.num_workers=-1 must be 0 or more"),
     ("device=gpu", r"device=gpu is not valid"),
+    ("model.input_size=-5", r"model.input_size=-5 must be at least 1, or null for the model's own"),
+    ("model.input_size=0", r"model.input_size=0 must be at least 1"),  # not silently the model's own size
+    ("model.num_classes=7", r"model=demo does not use model.num_classes: the demo model has 4 classes"),
+    ("model.weights=DEFAULT", r"model=demo does not use model.weights"),
+    ("model.factory=nets:build", r"model=demo does not use model.factory: it is for model=custom"),
 ])
 def test_invalid_values_are_one_line_user_errors(override: str, message: str) -> None:
     with pytest.raises(UserError, match=message) as raised:

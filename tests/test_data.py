@@ -220,3 +220,33 @@ def test_interpolation_follows_the_weights_and_can_be_overridden() -> None:
     assert torchvision_preprocess(override).interpolation == "bilinear"
     with pytest.raises(UserError, match="unknown model.interpolation 'bicubik'; did you mean bicubic"):
         torchvision_preprocess(run_config("model=resnet18", "model.interpolation=bicubik").model)
+
+
+def test_a_file_list_is_csv_with_quoting_and_an_optional_header(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, {"x": 3})
+    (tmp_path / "x" / "img_0.png").rename(tmp_path / "x" / "c,d.png")
+    listing = tmp_path / "list.csv"
+    listing.write_text('path,label\n"x/c,d.png",oak\nx/img_1.png,pine\n"x/img_2.png"\n', encoding="utf-8")
+    source = FileListSource(str(listing), None)
+    assert [source.sample_id(i).rsplit("/", 1)[1] for i in range(3)] == ["c,d.png", "img_1.png", "img_2.png"]
+    assert source.class_names == ["oak", "pine"] and [source.load(i).label for i in range(3)] == [0, 1, UNLABELLED]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("a.png,oak\nb.png,1\n", r"mixes class names \(oak\) and class indices \(1\); label every line the same way"),
+    ("c,d.png\n", r"line 1: the label 'd.png' looks like the end of a path that holds a comma; quote the path: "
+                  r'"c,d.png"'),
+    ("a.png,oak,extra\n", r"line 1: 3 fields where a line holds path or path,label"),
+])
+def test_a_file_list_that_would_be_read_wrong_is_refused(content: str, message: str, tmp_path: Path) -> None:
+    (tmp_path / "list.csv").write_text(content)
+    with pytest.raises(UserError, match=message):
+        FileListSource(str(tmp_path / "list.csv"), None)
+
+
+def test_indices_in_a_file_list_are_the_models_class_indices(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, {"x": 2})
+    (tmp_path / "list.csv").write_text("x/img_0.png,1\nx/img_1.png,3\n")
+    source = FileListSource(str(tmp_path / "list.csv"), None)
+    assert source.class_names is None and [source.load(i).label for i in range(2)] == [1, 3]
+    assert label_mapping(source, ["circle", "square", "triangle", "cross"], 4) is None  # index 1 is square

@@ -42,6 +42,32 @@ def test_inspect_layers_lists_spatial_outputs_in_order() -> None:
     assert dict((layer.name, layer.shape) for layer in layers)["layer4"] == (512, 2, 2)
 
 
+def test_the_demo_model_honours_class_names_that_fit_and_refuses_others() -> None:
+    names = ["ring", "box", "wedge", "plus"]
+    assert load_model(ModelConfig(source="demo", name="demo", class_names=names)).class_names == names
+    with pytest.raises(UserError, match="model 'demo' has 4 outputs but 2 class names"):
+        load_model(ModelConfig(source="demo", name="demo", class_names=["a", "b"]))
+
+
+def test_a_model_too_small_for_its_input_is_a_user_error() -> None:
+    with pytest.raises(UserError, match=r"the model cannot run on 20 x 20 px inputs \(.*\); check model.input_size"):
+        load_model(ModelConfig(name="vgg16", weights=None, input_size=20))
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("text.pt", b"hello, this is a text file\n", r"text.pt is not a PyTorch checkpoint \(neither the zip file"),
+    ("garbage.safetensors", b"\x00\x01garbage", r"cannot read .*garbage.safetensors as safetensors \("),
+    ("cut.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":", r"cannot read .*cut.safetensors as safetensors"),
+    ("pickle.safetensors", pickle.dumps({"weight": [1.0]}), r"cannot read .*pickle.safetensors as safetensors"),
+])
+def test_a_checkpoint_that_cannot_be_read_is_said_in_words(name: str, content: bytes, message: str,
+                                                           tmp_path: Path) -> None:
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(UserError, match=message) as raised:
+        read_checkpoint(tmp_path / name)
+    assert "\x1b[" not in str(raised.value) and "pop from empty list" not in str(raised.value)
+
+
 def test_unknown_model_suggests_close_names() -> None:
     with pytest.raises(UserError, match=r"unknown model 'resnet51'; did you mean resnet50"):
         load_model(ModelConfig(name="resnet51", weights=None))

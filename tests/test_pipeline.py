@@ -178,3 +178,17 @@ def test_every_technique_runs_on_the_demo_and_signed_ones_save_signed_maps(tmp_p
             assert any(m.min() < 0 for m in maps)  # the signed map, not its [0, 1] heat
         else:
             assert all(m.min() >= 0 and m.max() <= 1 for m in maps)
+
+
+@pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 cut short", b"\x93NUMPY not an archive"])
+def test_a_resume_whose_stored_predictions_cannot_be_read_predicts_again(damage: bytes, tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "run"
+    whole = run(run_config("dataset.limit=30"), folder)
+    expected = (folder / "predictions.csv").read_bytes()
+    (folder / "predictions.npz").write_bytes(damage)
+    with caplog.at_level("WARNING", logger="cnnvis"):
+        resumed = run(run_config("dataset.limit=30", f"resume={folder}"), folder)
+    assert "the run's predictions.npz cannot be read" in caplog.text
+    assert resumed.summary["samples"] == whole.summary["samples"] == 30
+    assert (folder / "predictions.csv").read_bytes() == expected

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -125,3 +126,53 @@ def test_the_loader_gives_rgb_at_the_files_size_or_a_recorded_skip(tmp_path: Pat
     else:
         pixels, label, index, _ = item
         assert pixels.dtype == torch.uint8 and pixels.shape == (3, 16, 16) and (label, index) == (0, 0)
+
+
+def file_name_bytes() -> st.SearchStrategy[bytes]:
+    """A file name of arbitrary bytes (not UTF-8 too), of Unicode text with control characters and newlines,
+    or of quotes, commas and backslashes; never hidden (a leading dot: skipped by design)."""
+    raw = st.binary(min_size=1, max_size=60)
+    text = st.text(min_size=1, max_size=40).map(lambda name: name.encode("utf-8"))
+    awkward = st.text(alphabet=',"\\\'\n\r\t <>&;|$`*?[]{}', min_size=1, max_size=12).map(str.encode)
+    return st.one_of(raw, text, awkward).filter(
+        lambda name: b"/" not in name and b"\0" not in name and not name.startswith(b".") and len(name) <= 200)
+
+
+@pytest.mark.slow  # 25 whole runs
+@given(st.lists(st.tuples(file_name_bytes(), st.booleans()), min_size=1, max_size=6,
+                unique_by=lambda entry: entry[0].lower()))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_every_file_ends_in_exactly_one_of_predictions_and_errors_whatever_its_name(
+        tmp_path_factory, files: list[tuple[bytes, bool]]) -> None:
+    import csv
+    import os
+
+    from helpers import run_config
+
+    from cnnvis_cli.data import printable
+    from cnnvis_cli.pipeline import run
+
+    top = tmp_path_factory.mktemp("names")
+    images = top / "images"
+    images.mkdir()
+    good = io.BytesIO()
+    Image.new("RGB", (20, 12), (200, 40, 40)).save(good, format="PNG")
+    for name, readable in files:
+        with open(os.path.join(os.fsencode(images), name + b".png"), "wb") as file:
+            file.write(good.getvalue() if readable else b"not an image")
+    result = run(run_config("model=custom", "model.factory=helpers:tiny_classifier", "model.input_size=16",
+                            "dataset=imagefolder", f"dataset.root={images}", "dataset.num_workers=0",
+                            "selection.criteria=[all]", "targets=[pred]", "render.panels=false", "report=false"),
+                 top / "run")
+    rows = {}
+    for table in ("predictions.csv", "errors.csv"):
+        with (top / "run" / table).open(newline="", encoding="utf-8") as file:
+            rows[table] = [row["sample_id"] for row in csv.DictReader(file)]
+    expected = sorted(printable(os.fsdecode(name + b".png")) for name, _ in files)
+    assert sorted(rows["predictions.csv"] + rows["errors.csv"]) == expected  # each exactly once
+    assert sorted(rows["predictions.csv"]) == sorted(
+        printable(os.fsdecode(name + b".png")) for name, readable in files if readable)
+    assert result.summary["samples"] + result.summary["unreadable"] == len(files)
+    assert set(top.iterdir()) == {images, top / "run"}  # nothing written beside the run directory
+    run_dir = (top / "run").resolve()
+    assert all(path.resolve().is_relative_to(run_dir) for path in run_dir.rglob("*"))

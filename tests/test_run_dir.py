@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from helpers import TIMEOUT
 
 from cnnvis_cli.errors import UserError
-from cnnvis_cli.run_dir import HOLDER_FILE, RunDir, read_stream, safe_name
+from cnnvis_cli.run_dir import HOLDER_FILE, RunDir, discard_unused, read_stream, safe_name
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -87,3 +90,29 @@ def test_a_run_directory_is_held_while_a_run_writes_it(tmp_path: Path) -> None:
         other.wait()
     with run_dir.held():  # the holder is gone: taken over
         assert (tmp_path / HOLDER_FILE).read_text() == str(os.getpid())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_files_follow_the_umask_like_any_other_programs(umask: int, tmp_path: Path) -> None:
+    """Under umask 022 a colleague's account or a web server can read the pictures, as it can report.html."""
+    script = (f"import os; os.umask({umask:#o}); from pathlib import Path; from cnnvis_cli.run_dir import RunDir; "
+              f"RunDir(Path({str(tmp_path)!r})).write_bytes('panels/a.png', b'png')")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=TIMEOUT)
+    assert stat.S_IMODE((tmp_path / "panels" / "a.png").stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_run_stopped_by_a_mistake_leaves_no_folder_behind(tmp_path: Path) -> None:
+    run = tmp_path / "outputs" / "2026-12-01" / "10-00-00"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("a: 1\n")
+    (run / "cnnvis.log").write_text("")
+    (tmp_path / "outputs" / "2026-12-01" / "09-00-00").mkdir()  # an earlier run of that day stays
+    discard_unused(run, below=tmp_path)
+    assert not run.exists() and (tmp_path / "outputs" / "2026-12-01" / "09-00-00").is_dir()
+    discard_unused(tmp_path / "outputs" / "2026-12-01" / "09-00-00", below=tmp_path)
+    assert not (tmp_path / "outputs").exists()  # the folders it left empty go too, up to where the command ran
+    kept = tmp_path / "mine"
+    (kept / ".hydra").mkdir(parents=True)
+    (kept / "notes.txt").write_text("the user's own")
+    discard_unused(kept, below=tmp_path)
+    assert (kept / "notes.txt").is_file() and (kept / ".hydra").is_dir()  # anything else there: left alone

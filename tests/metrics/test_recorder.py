@@ -85,7 +85,7 @@ def test_boxes_of_an_image_folder_score_the_pointing_game(tmp_path: Path) -> Non
     boxes = tmp_path / "boxes.csv"
     boxes.write_text("path,x0,y0,x1,y1\ncat/img_0.png,0,0,96,96\ncat/img_1.png,0,0,1,1\n")
     result = run(run_config("dataset=imagefolder", f"dataset.root={folder}", f"dataset.boxes={boxes}",
-                            "dataset.num_workers=0", "model.num_classes=2", "model.class_names=dataset",
+                            "dataset.num_workers=0",
                             "selection.criteria=[all]", "targets=[pred]", "metrics=[pointing,energy]"),
                  tmp_path / "run")
     with (tmp_path / "run" / "metrics.csv").open(newline="") as file:
