@@ -88,6 +88,15 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]}
+
+
+def for_terminal(text: str) -> str:
+    """`text` with its control characters as `\\xNN`: a file name must not move the cursor or change the
+    colours of the terminal that a log line reaches."""
+    return text.translate(_CONTROLS)
+
+
 def require_folder(root: str | Path) -> Path:
     """`dataset.root` as a path, which must be a folder."""
     path = Path(root).expanduser()

@@ -25,6 +25,7 @@ from cnnvis_cli.cost import explanation_estimates, say_estimates
 from cnnvis_cli.data import (
     SampleSet,
     Source,
+    for_terminal,
     label_mapping,
     make_loader,
     open_source,
@@ -326,7 +327,7 @@ def _write_errors(run_dir: RunDir, predictions: Predictions) -> None:
     with run_dir.csv_stream("errors.csv", ["index", "sample_id", "reason"]) as csv:
         csv.write([bad.index, bad.sample_id, bad.reason] for bad in predictions.bad)
     for bad in predictions.bad:
-        log.warning("skipped unreadable sample %s: %s", bad.sample_id, bad.reason)
+        log.warning("skipped unreadable sample %s: %s", for_terminal(bad.sample_id), for_terminal(bad.reason))
 
 
 def _write_selected(run_dir: RunDir, predictions: Predictions, selection: Selection, class_names: list[str]) -> None:

@@ -250,3 +250,9 @@ def test_indices_in_a_file_list_are_the_models_class_indices(tmp_path: Path) -> 
     source = FileListSource(str(tmp_path / "list.csv"), None)
     assert source.class_names is None and [source.load(i).label for i in range(2)] == [1, 3]
     assert label_mapping(source, ["circle", "square", "triangle", "cross"], 4) is None  # index 1 is square
+
+
+def test_control_characters_of_a_name_do_not_reach_the_terminal_raw() -> None:
+    from cnnvis_cli.data import for_terminal
+
+    assert for_terminal("a\x1b[2Jb\nc\u009bd é☕") == "a\\x1b[2Jb\\x0ac\\x9bd é☕"
