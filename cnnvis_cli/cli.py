@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnnvis_cli import __version__
-from cnnvis_cli.errors import UserError, first_line, unknown_name
+from cnnvis_cli.errors import UserError, first_line, for_terminal, unknown_name
 from cnnvis_cli.output import drop_stdout, emit, stdout_to_stderr
 from cnnvis_cli.run_dir import discard_unused, refuse_if_held
 
@@ -102,7 +102,7 @@ def fail(error: UserError) -> int:
     HYDRA_FULL_ERROR=1); exit code 2."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         traceback.print_exception(error)
-    print(f"cnnvis: error: {error}", file=sys.stderr)
+    print(f"cnnvis: error: {for_terminal(str(error))}", file=sys.stderr)
     return 2
 
 
@@ -139,7 +139,7 @@ def resume_overrides(argv: list[str]) -> list[str]:
 
 def _run(argv: list[str]) -> int:
     register_schema()
-    argv = resume_overrides(prepare_overrides(argv))
+    argv = prepare_overrides(resume_overrides(argv))  # a resumed run's saved overrides are prepared alike
     check_overrides(argv)
     for key in ("hydra.run.dir", "hydra.sweep.dir"):
         folder = _override_value(argv, key)
@@ -148,7 +148,8 @@ def _run(argv: list[str]) -> int:
     run_dir = _override_value(argv, "hydra.run.dir")
     if run_dir:  # a folder that another run is writing, refused before Hydra writes its config there
         refuse_if_held(Path(run_dir).expanduser().resolve())
-    app = _hydra_app()
+    existing = Path(run_dir).expanduser().resolve() if run_dir and Path(run_dir).expanduser().exists() else None
+    app = _hydra_app(existing)
     saved_argv = sys.argv
     sys.argv = ["cnnvis run", *argv]
     try:
@@ -203,9 +204,15 @@ def _hydra_string(key: str, value: str) -> str:
 
 
 def _require_makeable(key: str, folder: Path) -> None:
-    """A UserError when `folder` cannot be a folder: it, or a folder above it, is a file."""
+    """A UserError when `folder` cannot be a folder: it, or a folder above it, is a file, or cannot be
+    looked at."""
     for path in (folder, *folder.parents):
-        if path.exists() and not path.is_dir():
+        try:
+            is_file = path.exists() and not path.is_dir()
+        except OSError as error:  # no permission to look
+            raise UserError(f"{key}={folder} cannot be made: {error.strerror} ({path}); choose another {key}") \
+                from error
+        if is_file:
             raise UserError(f"{key}={folder} cannot be made: {path} is a file, not a folder; choose another {key}")
 
 
@@ -224,7 +231,9 @@ def _override_value(argv: list[str], key: str) -> str | None:
     return None
 
 
-def _hydra_app():
+def _hydra_app(existing: Path | None = None):
+    """The Hydra app of `cnnvis run`; a run directory that `existing` names was there before the command,
+    and stays whatever happens."""
     import hydra
     from omegaconf import DictConfig
 
@@ -241,7 +250,8 @@ def _hydra_app():
             with stdout_to_stderr():  # whatever the model's code or its libraries print
                 result = run(run_config, output_dir)
         except UserError as error:
-            discard_unused(output_dir, below=Path.cwd())  # a mistake leaves no run directory behind
+            if output_dir.resolve() != existing:
+                discard_unused(output_dir, below=Path.cwd())  # a mistake leaves no run directory behind
             sys.exit(fail(error))
         _report(result.summary, result.run_dir)
         if run_config.stdout == "jsonl":

@@ -29,6 +29,7 @@ COLORMAPS = (  # OpenCV's colormaps, by the lower-case name of their cv2.COLORMA
 )
 BASELINES = ("black", "mean", "blurred", "noise")  # integrated gradients' baseline, occlusion's fill
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact")  # torchvision's InterpolationMode values
 
 
 @dataclass
@@ -278,6 +279,8 @@ def check_values(cfg: RunConfig) -> None:
             raise UserError(f"{key}={size} must be at least 1, or null for the model's own")
     _check_choice("technique.integrated_gradients.baseline", cfg.technique.integrated_gradients.baseline, BASELINES)
     _check_choice("technique.occlusion.fill", cfg.technique.occlusion.fill, BASELINES)
+    if cfg.model.interpolation is not None:
+        _check_choice("model.interpolation", cfg.model.interpolation, INTERPOLATIONS)
     for key, value in (("technique.smooth.samples", cfg.technique.smooth.samples),
                        ("technique.smooth.noise", cfg.technique.smooth.noise)):
         if value < 0:

@@ -38,8 +38,10 @@ def explanation_estimates(techniques: list[Technique], example: torch.Tensor, im
                           batch_size: int) -> dict[str, tuple[int, float]]:
     """Per technique, forward passes per image and estimated seconds for `images` images; empty when no
     technique needs many passes (the explanation then costs about what inference did)."""
+    if not images:
+        return {}
     passes = {technique.name: technique.passes_per_image(example) for technique in techniques}
-    if not images or max(passes.values(), default=0) <= MANY_PASSES:
+    if max(passes.values(), default=0) <= MANY_PASSES:
         return {}
     per_input = seconds_per_input(techniques[0].model, example, batch_size)
     return {name: (count, images * count * per_input) for name, count in passes.items()}

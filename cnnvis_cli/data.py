@@ -27,7 +27,7 @@ from torchvision import transforms
 from cnnvis_cli.config import IMAGE_EXTENSIONS, DatasetConfig
 from cnnvis_cli.errors import UserError, first_line, unknown_name
 from cnnvis_cli.models import Preprocess
-from cnnvis_cli.names import class_key
+from cnnvis_cli.names import class_key, matching_classes
 
 IMAGENETTE_TO_IMAGENET = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)
 UNLABELLED = -1
@@ -88,13 +88,9 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]}
-
-
-def for_terminal(text: str) -> str:
-    """`text` with its control characters as `\\xNN`: a file name must not move the cursor or change the
-    colours of the terminal that a log line reaches."""
-    return text.translate(_CONTROLS)
+def image_suffixes(extensions: Sequence[str]) -> tuple[str, ...]:
+    """`dataset.extensions` as lower-case suffixes with their dot (`png` and `.PNG` are `.png`)."""
+    return tuple(dict.fromkeys(ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions))
 
 
 def require_folder(root: str | Path) -> Path:
@@ -136,7 +132,7 @@ class ImageFolderSource(Source):
 
     def __init__(self, root: Path, extensions: Sequence[str]) -> None:
         require_folder(root)
-        suffixes = {ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions}
+        suffixes = image_suffixes(extensions)
 
         def images_in(folder: Path) -> list[Path]:
             """Every entry named like an image but a folder: a broken link or a FIFO is a sample that
@@ -191,7 +187,7 @@ class FileListSource(Source):
         else:
             path = require_list_file(list_file)
             text, base = path.read_bytes().decode("utf-8", "surrogateescape"), path.parent
-        records = _list_records(text, list_file, tuple(ext.lower() for ext in extensions))
+        records = _list_records(text, list_file, image_suffixes(extensions))
         if not records:
             raise UserError(f"dataset.list_file {list_file} lists no images")
         numbers = [label for _, label in records if label.lstrip("-").isdigit()]
@@ -212,9 +208,10 @@ class FileListSource(Source):
             if int(label) < 0:
                 raise UserError(f"label {label} in the list file is negative; use a class index or name")
             return int(label)
-        if self.class_names is None or label not in self.class_names:
+        matches = matching_classes(label, self.class_names or [])
+        if len(matches) != 1:
             raise unknown_name("label", label, self.class_names or [], "set dataset.class_names")
-        return self.class_names.index(label)
+        return matches[0]
 
     def __len__(self) -> int:
         return len(self.samples)

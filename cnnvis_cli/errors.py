@@ -32,3 +32,12 @@ def first_line(text: str) -> str:
     """The first non-blank line of a (library's) error message, without terminal colour codes."""
     text = _TERMINAL_CODES.sub("", text)
     return next((line.strip() for line in text.splitlines() if line.strip()), text.strip())
+
+
+_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]}
+
+
+def for_terminal(text: str) -> str:
+    """`text` with its control characters as `\\xNN`: a file name must not move the cursor or change the
+    colours of the terminal that a log line reaches."""
+    return text.translate(_CONTROLS)

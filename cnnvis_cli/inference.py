@@ -86,9 +86,9 @@ def predictions_from_bytes(data: bytes) -> Predictions:
             bad = [BadSample(int(index), str(sample_id), str(reason)) for index, sample_id, reason in stored["bad"]]
             predictions = Predictions(**{name: stored[name] for name in ARRAYS},
                                       sample_ids=[str(i) for i in stored["sample_ids"]], bad=bad)
+        rows = {len(getattr(predictions, name)) for name in ARRAYS} | {len(predictions.sample_ids)}
     except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as error:
         raise UnreadablePredictions(first_line(str(error)) or type(error).__name__) from error
-    rows = {len(getattr(predictions, name)) for name in ARRAYS} | {len(predictions.sample_ids)}
     top = predictions.topk_classes
     if len(rows) != 1 or top.ndim != 2 or top.shape != predictions.topk_probs.shape:
         raise UnreadablePredictions("its arrays do not describe the same samples")

@@ -21,9 +21,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact")  # torchvision's InterpolationMode values
-
-
 @dataclass(frozen=True)
 class Preprocess:
     """Resize the shorter side, centre-crop a square, then normalise channels (on the device): torchvision's
@@ -33,7 +30,7 @@ class Preprocess:
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    interpolation: str = "bilinear"  # one of INTERPOLATIONS
+    interpolation: str = "bilinear"  # one of config.INTERPOLATIONS
 
 
 @dataclass(frozen=True)
@@ -181,8 +178,8 @@ def _custom_model(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, list[str] | 
     if not isinstance(module, nn.Module):
         raise UserError(f"model.factory '{cfg.factory}' returned {type(module).__name__}, not an nn.Module")
     input_size = cfg.input_size or 224
-    # no crop unless asked for (model.resize_size): a custom model sees the whole image, its shorter side
-    # resized to the input size
+    # the shorter side resized to the input size and the square centre kept: no border cut off unless asked
+    # for with model.resize_size
     preprocess = _preprocess_from(cfg, input_size, input_size, IMAGENET_MEAN, IMAGENET_STD)
     return module, preprocess, _class_names(cfg, None, cfg.num_classes)
 
@@ -205,10 +202,7 @@ def _preprocess_from(cfg: ModelConfig, resize_size: int | None, input_size: int 
     std = tuple(cfg.std or std)
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise UserError("model.mean and model.std need three values each, std above zero")
-    interpolation = cfg.interpolation or interpolation
-    if interpolation not in INTERPOLATIONS:
-        raise unknown_name("model.interpolation", interpolation, INTERPOLATIONS)
-    return Preprocess(resize_size, input_size, mean, std, interpolation)  # type: ignore[arg-type]
+    return Preprocess(resize_size, input_size, mean, std, cfg.interpolation or interpolation)  # type: ignore[arg-type]
 
 
 def _side(size) -> int:

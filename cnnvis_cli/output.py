@@ -36,6 +36,7 @@ def stdout_to_stderr() -> Iterator[None]:
         yield
     finally:
         sys.stderr.flush()
+        real.flush()  # what went to the real stream object meanwhile still goes to standard error
         sys.stdout = real
         if saved is not None:
             os.dup2(saved, out)

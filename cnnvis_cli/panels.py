@@ -233,19 +233,20 @@ def render_panel(content: PanelContent, size: int = 224, zoom: bool = True,
 
 EMPTY_MAP = ("empty map (all zero): nothing the technique sees raises this class's score here (for a CAM, "
              "every weighted sum of the layer's channels is negative), or the map is flat")
-SPREAD = 0.5  # a zoom region larger than this share of the image is no zoom
+SPREAD = 0.5  # a zoom box (the region around the peak, with its margin) larger than this share is no zoom
 
 
 def zoom_region(heat: np.ndarray, threshold: float = 0.5) -> tuple[tuple[int, int, int, int] | None, str]:
-    """The box to zoom into (`zoom_box`), or None with the reason: the map is empty, or the region around its
-    peak covers more than SPREAD of the image."""
+    """The box to zoom into (`zoom_box`), or None with the reason: the map is empty, or the box around its
+    peak (with its margin) would cover more than SPREAD of the image."""
     box = zoom_box(heat, threshold)
     if box is None:
         return None, EMPTY_MAP
     x0, y0, x1, y1 = box
     share = (x1 - x0) * (y1 - y0) / heat.size
     if share > SPREAD:
-        return None, f"no zoom: the map is spread over {share:.0%} of the image, with no one region to look at"
+        return None, f"no zoom: the box around the map's peak would cover {share:.0%} of the image, with no one " \
+                     "region to look at"
     return box, ""
 
 

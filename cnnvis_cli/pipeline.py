@@ -25,7 +25,6 @@ from cnnvis_cli.cost import explanation_estimates, say_estimates
 from cnnvis_cli.data import (
     SampleSet,
     Source,
-    for_terminal,
     label_mapping,
     make_loader,
     open_source,
@@ -34,7 +33,7 @@ from cnnvis_cli.data import (
     unmatched_classes,
 )
 from cnnvis_cli.device import resolve_device
-from cnnvis_cli.errors import UserError
+from cnnvis_cli.errors import UserError, for_terminal
 from cnnvis_cli.explain import Explained, RenderOptions, explain_cases
 from cnnvis_cli.inference import (
     Predictions,
@@ -130,8 +129,9 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     layers = [resolve_target_layer(loaded.module, name, loaded.layers) for name in cfg.technique.layers] \
         if cfg.technique.layers else [loaded.target_layer]
     techniques = _techniques(cfg, loaded, layers, device)
-    # the label test's model is loaded now, so that a file that does not fit stops the run before any work
-    shuffled = load_model(replace(cfg.model, checkpoint=cfg.sanity_label_model)).module.to(device) \
+    # the label test's model is loaded now (on the CPU until the test), so that a file that does not fit stops
+    # the run before any work
+    shuffled = load_model(replace(cfg.model, checkpoint=cfg.sanity_label_model)).module \
         if cfg.sanity and cfg.sanity_label_model else None
     for layer in loaded.layers:
         if layer.name in layers and layer.calls > 1 and any(t.uses_layers for t in techniques):
@@ -272,7 +272,7 @@ def _sanity(cfg: RunConfig, loaded: LoadedModel, shuffled: torch.nn.Module | Non
     results = cascading_randomisation(loaded.module, explain, cfg.sanity_stages, cfg.seed)
     labels = None
     if shuffled is not None:
-        labels = compare_maps(explain(loaded.module), explain(shuffled))
+        labels = compare_maps(explain(loaded.module), explain(shuffled.to(device)))
     return record_sanity(results, labels, len(images), run_dir)
 
 

@@ -108,8 +108,9 @@ function show(card) {
   viewer.querySelector('.frame').scrollTo(0, 0);
   if (!viewer.open) viewer.showModal();
 }
-function step(by) {
-  const shown = Array.from(gallery.querySelectorAll('.card')).filter((card) => !card.hidden);
+function step(by) {  // through the cards shown that have a panel (a run may lack some)
+  const shown = Array.from(gallery.querySelectorAll('.card'))
+    .filter((card) => !card.hidden && card.querySelector('img'));
   const next = shown[shown.indexOf(current) + by];
   if (next) show(next);
 }

@@ -10,9 +10,9 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,24 +42,16 @@ def discard_unused(root: Path, below: Path) -> None:
     """Remove a run directory that holds nothing but what Hydra put there (a run stopped by a mistake before
     any work of its own), and the folders above it that this leaves empty, up to `below` (exclusive): a
     mistake leaves no `outputs/DATE/TIME` behind. A directory with anything else in it is left as it is."""
-    root = root.resolve()
-    if not root.is_dir() or any(entry.name not in HYDRAS_OWN for entry in root.iterdir()):
+    root, below = root.resolve(), below.resolve()
+    if root == below or below.is_relative_to(root) or not root.is_dir() \
+            or any(entry.name not in HYDRAS_OWN for entry in root.iterdir()):
         return
     shutil.rmtree(root, ignore_errors=True)
-    below = below.resolve()
     for parent in root.parents:
         if parent == below or not parent.is_relative_to(below) or any(parent.iterdir()):
             break
         parent.rmdir()
 
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_current_umask()  # what open() gives a new file; mkstemp's files are 0600
 
 
 class RunDir:
@@ -140,11 +132,13 @@ def _alive(pid: int) -> bool:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # made with mode 0666 less the umask, as open() makes files (mkstemp's would be 0600: unreadable to a web
+    # server or a colleague while report.html is not)
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
-        os.chmod(temporary, FILE_MODE)  # readable as the umask allows, like every other file (a web server's)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -88,3 +88,4 @@ def test_a_run_directory_under_a_file_is_a_one_line_mistake(tmp_path: Path, caps
     assert capsys.readouterr().err.strip() == (
         f"cnnvis: error: hydra.run.dir={tmp_path / 'taken' / 'run'} cannot be made: {tmp_path / 'taken'} is a "
         "file, not a folder; choose another hydra.run.dir")
+

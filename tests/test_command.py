@@ -206,3 +206,11 @@ def test_list_layers_flags_a_module_called_more_than_once(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith("* act"))
     assert "ReLU" in line and "called 2 times per pass: CAMs explain its last call" in line
+
+
+def test_a_mistake_does_not_remove_a_run_directory_that_was_there_before(tmp_path: Path) -> None:
+    given = tmp_path / "my runs" / "today"
+    given.mkdir(parents=True)  # made by the user, empty
+    result = cnnvis("run", "targets=[pred,7]", f"hydra.run.dir={given}", cwd=tmp_path)
+    assert result.returncode == 2 and "unknown target '7'" in result.stderr
+    assert given.is_dir()

@@ -22,6 +22,11 @@ def test_passes_per_image_follow_each_techniques_options(tiny_net) -> None:
     assert techniques(tiny_net, "scorecam", max_channels=5)[0].passes_per_image(example) == 1 + 5
     assert ablation.passes_per_image(example) == 1 + 12
     assert occlusion.passes_per_image(example) == 1 + 1  # a 32 px window fits a 16 px image once
+    from cnnvis_cli.techniques.occlusion import window_masks
+
+    for height, width in ((64, 64), (70, 100), (224, 224)):
+        windows = len(window_masks(height, width, 32, 16, torch.device("cpu")))
+        assert occlusion.passes_per_image(torch.zeros(1, 3, height, width)) == 1 + windows
     assert rise.passes_per_image(example) == 2000
 
 

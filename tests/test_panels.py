@@ -138,7 +138,7 @@ def test_the_zoom_holds_the_maps_peak() -> None:
         heat = blobs(seed)
         box, note = zoom_region(heat)
         if box is None:
-            assert note.startswith("no zoom: the map is spread over")
+            assert note.startswith("no zoom: the box around the map's peak would cover")
             continue
         x0, y0, x1, y1 = box
         peak_y, peak_x = np.unravel_index(int(np.argmax(heat)), heat.shape)
@@ -149,4 +149,5 @@ def test_no_zoom_for_an_empty_or_a_spread_map_and_the_panel_says_why() -> None:
     box, note = zoom_region(np.zeros((32, 32), dtype=np.float32))
     assert box is None and note.startswith("empty map (all zero)")
     box, note = zoom_region(np.ones((32, 32), dtype=np.float32))
-    assert box is None and note == "no zoom: the map is spread over 100% of the image, with no one region to look at"
+    assert box is None and note == ("no zoom: the box around the map's peak would cover 100% of the image, with no "
+                                    "one region to look at")

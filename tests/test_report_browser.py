@@ -13,6 +13,8 @@ import pytest
 from helpers import run_config
 
 from cnnvis_cli.pipeline import run
+from cnnvis_cli.report import write_report
+from cnnvis_cli.run_dir import panel_path
 
 pytestmark = pytest.mark.slow  # a demo run, in a real browser
 
@@ -107,4 +109,17 @@ def test_demo_report_in_chromium(browser, tmp_path: Path) -> None:
     page.evaluate("window.scrollTo(0, 0)")
     page.locator("nav.sections a", has_text="gallery").click()  # the navigation takes the reader to a section
     assert abs(page.locator("#gallery-title").evaluate("(heading) => heading.getBoundingClientRect().top")) < 50
+
+    # a run that lacks a panel (stopped, or rebuilt after files went): the viewer steps over its card
+    cards = [(row["index"], row["sample_id"]) for row in selected[:3]]
+    assert len(cards) == 3
+    missing = tmp_path / "run" / panel_path(int(cards[1][0]), cards[1][1])
+    missing.unlink()
+    write_report(tmp_path / "run")
+    page.goto((tmp_path / "run" / "report.html").as_uri())
+    first_card, third_card = (page.locator("#gallery .card").nth(position) for position in (0, 2))
+    first_card.locator("img").click()
+    page.keyboard.press("ArrowRight")
+    assert viewer.locator(".caption").inner_text() == third_card.locator(".caption").inner_text()
     assert (tmp_path / "report.png").stat().st_size > 10_000 and errors == []
+

@@ -116,3 +116,8 @@ def test_a_run_stopped_by_a_mistake_leaves_no_folder_behind(tmp_path: Path) -> N
     (kept / "notes.txt").write_text("the user's own")
     discard_unused(kept, below=tmp_path)
     assert (kept / "notes.txt").is_file() and (kept / ".hydra").is_dir()  # anything else there: left alone
+    here = tmp_path / "here"
+    (here / ".hydra").mkdir(parents=True)
+    discard_unused(here, below=here)  # hydra.run.dir=. : the folder the command runs in is never removed
+    discard_unused(here, below=here / "deeper")
+    assert (here / ".hydra").is_dir()

@@ -173,12 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         epilog=f"Use the weights with: cnnvis run model.checkpoint={DEFAULT_OUTPUT}. A model trained with "
                f"--shuffle-labels (saved to {SHUFFLED_OUTPUT} unless --output says otherwise) is for the label "
                f"randomisation test: cnnvis run sanity=true sanity_label_model={SHUFFLED_OUTPUT}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--output", type=Path, default=None,
                         help=f"where to write the state dict (default: {DEFAULT_OUTPUT} in the current folder)")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="passes over the train split")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for initialisation and batch order")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                        help=f"passes over the train split (default: {DEFAULT_EPOCHS})")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"seed for initialisation and batch order (default: {DEFAULT_SEED})")
     parser.add_argument("--shuffle-labels", action="store_true",
                         help="train on randomly permuted labels (for sanity_label_model=...)")
     args = parser.parse_args(argv)

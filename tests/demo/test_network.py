@@ -154,6 +154,7 @@ def test_train_help_names_the_command_and_its_defaults(capsys: pytest.CaptureFix
     shown = capsys.readouterr().out
     assert exit_info.value.code == 0 and shown.startswith("usage: cnnvis demo train")
     assert f"(default: {train_module.DEFAULT_EPOCHS})" in shown and "model.checkpoint=demo_net.pt" in shown
+    assert "(default: None)" not in shown and "(default: False)" not in shown
 
 
 def test_shuffled_labels_go_to_a_file_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
