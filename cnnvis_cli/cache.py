@@ -100,7 +100,7 @@ class PredictionCache:
 
 
 def prediction_key(cfg: RunConfig, preprocess: Preprocess, source: Source, indices: Sequence[int],
-                   class_names: list[str], label_map: list[int] | None, keep_k: int,
+                   class_names: list[str], label_map: list[int] | None, keep_k: int, tracked: tuple[int, ...],
                    device: torch.device) -> dict[str, Any] | None:
     """The key of a run's predictions, or None when they cannot be keyed (a file list read from standard
     input, whose labels are not in any file)."""
@@ -127,6 +127,7 @@ def prediction_key(cfg: RunConfig, preprocess: Preprocess, source: Source, indic
         "label_map": label_map,
         "topk": cfg.topk,
         "keep_k": keep_k,
+        "tracked": list(tracked),
         "device": device.type,
         "amp": cfg.amp and device.type == "cuda",
         "versions": {"cnnvis": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__},

@@ -150,6 +150,7 @@ class RenderConfig:
     zoom_threshold: float = 0.5  # the box holds the map at or above this share of its peak
     topn: int = 10  # panels: the model's top guesses in the bar chart
     panel_size: int = 224  # panels: pixels per side of each picture
+    threads: int | None = None  # drawing, PNG encoding and writing beside the model; null: one per core, 2 to 4
 
 
 @dataclass
@@ -287,6 +288,9 @@ def check_values(cfg: RunConfig) -> None:
             raise UserError(f"{key}={value} must be 0 or more")
     if cfg.technique.rise.keep == 0:
         raise UserError("technique.rise.keep=0 keeps no cell; choose a value in (0, 1], e.g. 0.5")
+    if cfg.render.threads is not None and cfg.render.threads < 0:
+        raise UserError(f"render.threads={cfg.render.threads} cannot be negative; use 0 to draw in the main thread "
+                        "or null for one thread per core")
     if cfg.render.panel_size < 64:
         raise UserError(f"render.panel_size={cfg.render.panel_size} is too small to read; use 64 or more")
     if cfg.technique.lrp.epsilon <= 0:

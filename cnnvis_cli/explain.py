@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from rich.progress import Progress, TaskID
 
+from cnnvis_cli.background import BackgroundWork
 from cnnvis_cli.data import UNLABELLED, UNREADABLE, Batch, Source
+from cnnvis_cli.fused import Key, kept_maps
 from cnnvis_cli.inference import Predictions, class_name, normalise
 from cnnvis_cli.memory import Halving, release_freed_memory
 from cnnvis_cli.metrics import MetricRecorder, RowInfo
@@ -54,6 +56,7 @@ class RenderOptions:
     zoom_threshold: float = 0.5
     topn: int = 10
     panel_size: int = 224
+    threads: int = 0  # for drawing, encoding and writing beside the model (background.py); 0: in the main thread
 
 
 def heatmap_name(index: int, sample_id: str, true_name: str, target_name: str) -> str:
@@ -66,17 +69,19 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                   techniques: list[Technique], parsed_targets: list[str | int], class_names: list[str],
                   preprocess: Preprocess, device: torch.device, run_dir: RunDir, options: RenderOptions,
                   source: Source | None = None, show_progress: bool = True,
-                  recorder: MetricRecorder | None = None, collector: MapCollector | None = None) -> list[Explained]:
+                  recorder: MetricRecorder | None = None, collector: MapCollector | None = None,
+                  kept: dict[str, dict[Key, list[np.ndarray]]] | None = None) -> list[Explained]:
     """Maps and overlays for every case, technique and target (and a panel per case when asked, which
     re-reads the original from `source` for its zooms), scoring every map with `recorder` and keeping the
-    predicted-class maps in `collector` when given; returns what was written per case."""
+    predicted-class maps in `collector` when given; a technique's maps that the inference stage `kept`
+    (fused.py) are only upsampled. Returns what was written per case."""
     case_of_index = {int(predictions.indices[case.row]): case for case in cases}
     explained = {case.row: Explained(case) for case in cases}
     lut = colormap_lut(options.colormap, device)
     signed_lut = diverging_lut(device)
     halvings: dict[str, Halving] = {}
     colour_bars = _colour_bars(techniques, options.colormap, lut, signed_lut)
-    with progress_bar(show_progress) as bar:
+    with progress_bar(show_progress) as bar, BackgroundWork(options.threads) as work:
         task = bar.add_task("heatmaps", total=len(cases), unit="images")
         finished = 0  # images whose batch is done
         for batch_number, batch in enumerate(batches):
@@ -101,9 +106,15 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                 share = len(batch.indices) / len(techniques)
                 start = finished - len(batch.indices) + number * share
                 bar.update(task, description=f"heatmaps ({technique.name})", completed=start)
-                with passes_reported_to(_BarShare(bar, task, start, share)):
-                    explanation = explain_in_parts(technique, model_input, image_rows, target_classes,
-                                                   halvings.setdefault(technique.name, Halving(technique.name)))
+                keys = [(batch.indices[position], target.class_index) for position, target in rows]
+                maps = kept_maps(kept.get(technique.name) if kept else None, technique, keys,
+                                 model_input.shape[-2:], device)
+                if maps is not None:
+                    explanation = Explanation(maps)
+                else:
+                    with passes_reported_to(_BarShare(bar, task, start, share)):
+                        explanation = explain_in_parts(technique, model_input, image_rows, target_classes,
+                                                       halvings.setdefault(technique.name, Halving(technique.name)))
                 if recorder is not None:
                     recorder.record(technique.name, technique.model, model_input, image_rows, target_classes,
                                     explanation.maps, infos, batch.extras)
@@ -116,33 +127,27 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                 pictures = pictures.cpu().numpy()
                 raw = raw_maps.cpu().numpy() if options.save_maps else None
                 drawn.append((technique, pictures, explanation.maps.cpu().numpy() if options.panels else None))
-                overlays = []
-                for row, (position, target) in enumerate(rows):
+                overlays, map_paths = [], []
+                for position, target in rows:
                     case = batch_cases[position]
                     path, map_path = output_paths(technique.name, batch.indices[position], case, target,
                                                   predictions, class_names)
-                    record = explained[case.row]
-                    run_dir.write_bytes(path, encode_png(pictures[row]))
-                    record.overlays.append(path)
+                    explained[case.row].overlays.append(path)
                     overlays.append(path)
                     if raw is not None:
-                        run_dir.write_bytes(map_path, _npy_bytes(raw[row]))
-                        record.maps.append(map_path)
+                        explained[case.row].maps.append(map_path)
+                        map_paths.append(map_path)
+                work.submit(_write_overlays, run_dir, overlays, pictures, map_paths, raw)
                 if collector is not None:
                     _collect(collector, technique.name, explanation.maps, infos, overlays)
             if options.panels:
-                with torch.inference_mode():
-                    model = techniques[0].model  # every technique explains the same model
-                    probabilities = model(model_input).float().softmax(dim=1).cpu().numpy()
+                pixels = images.permute(0, 2, 3, 1).cpu().numpy()
                 for position, case in enumerate(batch_cases):
                     record = explained[case.row]
                     record.panel = panel_path(batch.indices[position], predictions.sample_ids[case.row])
-                    content = _panel_content(case, batch.indices[position], rows, position, drawn, probabilities,
-                                             images[position].permute(1, 2, 0).cpu().numpy(), predictions,
-                                             class_names, preprocess, source, options, colour_bars)
-                    correct = bool(predictions.correct[case.row]) if predictions.labelled[case.row] else None
-                    run_dir.write_bytes(record.panel, encode_png(render_panel(
-                        content, options.panel_size, options.zoom, predicted_correct=correct)))
+                    work.submit(_write_panel, run_dir, record.panel, case, batch.indices[position], rows, position,
+                                drawn, pixels[position], predictions, class_names, preprocess, source, options,
+                                colour_bars)
             bar.update(task, completed=finished)
         bar.update(task, description="heatmaps")
     return [explained[case.row] for case in cases]
@@ -183,16 +188,33 @@ def _row_infos(rows: list[tuple[int, Target]], batch: Batch, batch_cases: list[C
     return infos
 
 
+def _write_overlays(run_dir: RunDir, paths: list[str], pictures: np.ndarray, map_paths: list[str],
+                    raw: np.ndarray | None) -> None:
+    """Encode and write one technique's overlays of a batch (and its raw maps, when kept)."""
+    for path, picture in zip(paths, pictures, strict=True):
+        run_dir.write_bytes(path, encode_png(picture))
+    if raw is not None:
+        for map_path, values in zip(map_paths, raw, strict=True):
+            run_dir.write_bytes(map_path, _npy_bytes(values))
+
+
+def _write_panel(run_dir: RunDir, path: str, case: Case, index: int, rows: list[tuple[int, Target]], position: int,
+                 drawn: list, image: np.ndarray, predictions: Predictions, class_names: list[str],
+                 preprocess: Preprocess, source: Source | None, options: RenderOptions, colour_bars: list) -> None:
+    """Draw, encode and write one sample's panel."""
+    content = _panel_content(case, index, rows, position, drawn, image, predictions, class_names, preprocess,
+                             source, options, colour_bars)
+    correct = bool(predictions.correct[case.row]) if predictions.labelled[case.row] else None
+    run_dir.write_bytes(path, encode_png(render_panel(content, options.panel_size, options.zoom,
+                                                      predicted_correct=correct)))
+
+
 def _panel_content(case: Case, index: int, rows: list[tuple[int, Target]], position: int, drawn: list,
-                   probabilities: np.ndarray, image: np.ndarray, predictions: Predictions, class_names: list[str],
+                   image: np.ndarray, predictions: Predictions, class_names: list[str],
                    preprocess: Preprocess, source: Source | None, options: RenderOptions,
                    colour_bars: list) -> PanelContent:
-    """What one sample's panel shows."""
+    """What one sample's panel shows, with the probabilities and ranks the inference stage kept."""
     label = int(predictions.labels[case.row])
-    scores = probabilities[position]
-    order = np.argsort(-scores, kind="stable")  # the model's guesses, best first
-    rank = np.empty_like(order)
-    rank[order] = np.arange(1, len(order) + 1)  # each class's place in that order
     original = _original(source, index) if options.zoom else None
     tiles = []
     for technique, pictures, heat in drawn:
@@ -205,19 +227,29 @@ def _panel_content(case: Case, index: int, rows: list[tuple[int, Target]], posit
                 x0, y0, x1, y1 = to_original(box, (original.shape[1], original.shape[0]), preprocess.resize_size,
                                              preprocess.input_size)
                 zoom = original[y0:y1, x0:x1] if x1 > x0 and y1 > y0 else None
-            tiles.append(Tile(technique.name, target.role, class_names[target.class_index],
-                              int(rank[target.class_index]),
-                              float(scores[target.class_index]), pictures[row], box, zoom,
-                              is_true=target.class_index == label, note=note))
-    top = [(class_names[c], float(scores[c]), int(c) == label, int(rank[c])) for c in order[:options.topn]]
-    if label != UNLABELLED and rank[label] > options.topn:  # the true class, with its rank, last
-        top.append((class_names[label], float(scores[label]), True, int(rank[label])))
+            probability, rank = _standing(predictions, case.row, target.class_index)
+            tiles.append(Tile(technique.name, target.role, class_names[target.class_index], rank, probability,
+                              pictures[row], box, zoom, is_true=target.class_index == label, note=note))
+    guesses = zip(predictions.topk_classes[case.row][:options.topn], predictions.topk_probs[case.row], strict=False)
+    top = [(class_names[c], float(p), int(c) == label, place) for place, (c, p) in enumerate(guesses, start=1)]
+    if label != UNLABELLED:
+        probability, rank = _standing(predictions, case.row, label)
+        if rank > options.topn:  # the true class, with its rank, last
+            top.append((class_names[label], probability, True, rank))
     true_name = class_name(class_names, label, "unlabelled")
     predicted = int(predictions.predicted[case.row])
     title = (f"#{index}   true: {true_name}   predicted: {class_names[predicted]} "
              f"({float(predictions.confidence[case.row]):.1%})   selected: {', '.join(case.reasons)}   "
              f"{predictions.sample_ids[case.row]}")  # the id last: a long path is what gets cut short
     return PanelContent(title, image, tiles, top, colour_bars)
+
+
+def _standing(predictions: Predictions, row: int, class_index: int) -> tuple[float, int]:
+    """The probability and rank of a class a panel shows; the inference stage keeps every such class."""
+    standing = predictions.standing(row, class_index)
+    if standing is None:
+        raise RuntimeError(f"the predictions kept no probability for class {class_index} of row {row}")
+    return standing
 
 
 def _colour_bars(techniques: list[Technique], colormap: str, lut: torch.Tensor,

@@ -1,7 +1,9 @@
 """The inference stage: run the model over the whole test set in batches and stream predictions to CSV.
 
-Only per-sample numbers are kept in memory (class, confidence, margin, entropy, loss, top-k), so memory
-grows with the number of samples by a few dozen bytes each, never by their images.
+Only per-sample numbers are kept in memory (class, confidence, margin, entropy, loss, top-k, and the probability
+and rank of the true class and of the classes `targets` names), so memory grows with the number of samples by
+a few dozen bytes each, never by their images. Panels read their probabilities and ranks from here, so the
+explanation stage never runs the model again for them.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import io
 import math
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,9 +42,30 @@ class Predictions:
     topk_classes: np.ndarray  # N x k
     topk_probs: np.ndarray  # N x k
     bad: list[BadSample] = field(default_factory=list)
+    # classes followed beyond the top k: the label (-1 where none), then each class `targets` names; N x T
+    tracked_classes: np.ndarray | None = None
+    tracked_probs: np.ndarray | None = None
+    tracked_ranks: np.ndarray | None = None  # 1 = the model's top guess; 0 where the class is -1
+
+    def __post_init__(self) -> None:
+        if self.tracked_classes is None:
+            self.tracked_classes = np.empty((len(self.indices), 0), dtype=np.int64)
+            self.tracked_probs = np.empty((len(self.indices), 0), dtype=np.float32)
+            self.tracked_ranks = np.empty((len(self.indices), 0), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def standing(self, row: int, class_index: int) -> tuple[float, int] | None:
+        """The probability and rank (1 = top guess) the model gave class `class_index` for sample `row`, when
+        kept: a class of the top k, the label, or a class that `targets` names."""
+        for classes, probs, ranks in ((self.topk_classes[row], self.topk_probs[row], None),
+                                      (self.tracked_classes[row], self.tracked_probs[row], self.tracked_ranks[row])):
+            found = np.flatnonzero(classes == class_index)
+            if len(found):
+                place = int(found[0])
+                return float(probs[place]), place + 1 if ranks is None else int(ranks[place])
+        return None
 
     @property
     def labelled(self) -> np.ndarray:
@@ -62,7 +85,8 @@ def class_name(class_names: list[str], index: int, missing: str = "") -> str:
     return class_names[index] if 0 <= index < len(class_names) else missing
 
 
-ARRAYS = ("indices", "labels", "predicted", "confidence", "margin", "entropy", "loss", "topk_classes", "topk_probs")
+ARRAYS = ("indices", "labels", "predicted", "confidence", "margin", "entropy", "loss", "topk_classes", "topk_probs",
+          "tracked_classes", "tracked_probs", "tracked_ranks")
 
 
 def predictions_bytes(predictions: Predictions) -> bytes:
@@ -89,8 +113,9 @@ def predictions_from_bytes(data: bytes) -> Predictions:
         rows = {len(getattr(predictions, name)) for name in ARRAYS} | {len(predictions.sample_ids)}
     except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as error:
         raise UnreadablePredictions(first_line(str(error)) or type(error).__name__) from error
-    top = predictions.topk_classes
-    if len(rows) != 1 or top.ndim != 2 or top.shape != predictions.topk_probs.shape:
+    top, tracked = predictions.topk_classes, predictions.tracked_classes
+    if (len(rows) != 1 or top.ndim != 2 or top.shape != predictions.topk_probs.shape or tracked.ndim != 2
+            or not tracked.shape == predictions.tracked_probs.shape == predictions.tracked_ranks.shape):
         raise UnreadablePredictions("its arrays do not describe the same samples")
     return predictions
 
@@ -110,21 +135,23 @@ def prediction_header(topk: int, extra_columns: Iterable[str]) -> list[str]:
 
 def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, device: torch.device, *,
             class_names: list[str], topk: int, csv: CsvStream, keep_k: int | None = None,
-            extra_columns: tuple[str, ...] = (),
+            tracked: tuple[int, ...] = (), extra_columns: tuple[str, ...] = (),
             amp: bool = False, total: int | None = None, show_progress: bool = True,
-            sample_id=str, strict: bool = False) -> Predictions:
+            sample_id=str, strict: bool = False,
+            forward: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor] | None = None) -> Predictions:
     """Classify every batch; write one CSV row per sample as each batch finishes.
 
-    The CSV lists the top `topk` classes; `Predictions` keeps the top `keep_k` (at least `topk`). Unreadable
-    samples are collected in `Predictions.bad`, or stop the run with `strict`.
+    The CSV lists the top `topk` classes; `Predictions` keeps the top `keep_k` (at least `topk`), and the
+    probability and rank of each sample's label and of the `tracked` classes. Unreadable samples are collected
+    in `Predictions.bad`, or stop the run with `strict`. `forward(inputs, labels, indices)`, when given, gives
+    the logits instead of the model (a pass that also serves the explanation: fused.py).
     """
     k = min(max(topk, keep_k or topk), len(class_names))
-    parts: dict[str, list] = {key: [] for key in (
-        "indices", "labels", "predicted", "confidence", "margin", "entropy", "loss", "topk_classes", "topk_probs")}
+    parts: dict[str, list] = {key: [] for key in ARRAYS}
     sample_ids: list[str] = []
     bad: list[BadSample] = []
     halving = Halving("inference")
-    with progress_bar(show_progress) as bar, torch.inference_mode():
+    with progress_bar(show_progress) as bar, torch.inference_mode(forward is None):
         task = bar.add_task("inference", total=total, unit="images")
         for batch_number, batch in enumerate(batches):
             release_freed_memory(batch_number)
@@ -135,10 +162,13 @@ def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, 
                 images = batch.images.to(device, non_blocking=True)
                 labels = batch.labels.to(device)
 
-                def classify(part: slice, images=images, labels=labels) -> dict[str, np.ndarray]:
-                    with autocast(device, amp):
-                        logits = model(normalise(images[part], preprocess))
-                    return _batch_statistics(logits.float(), labels[part], k)
+                def classify(part: slice, images=images, labels=labels, indices=batch.indices) -> dict[str, np.ndarray]:
+                    if forward is not None:
+                        logits = forward(normalise(images[part], preprocess), labels[part], indices[part])
+                    else:
+                        with autocast(device, amp):
+                            logits = model(normalise(images[part], preprocess))
+                    return _batch_statistics(logits.float(), labels[part], k, tracked)
 
                 parts_of_batch = halving.run(len(batch.indices), classify)
                 stats = {key: np.concatenate([part[key] for part in parts_of_batch]) for key in parts_of_batch[0]}
@@ -150,7 +180,7 @@ def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, 
                 parts["labels"].append(batch.labels.numpy())
                 sample_ids += ids
             bar.advance(task, len(batch.indices) + len(batch.bad))
-    joined = {key: np.concatenate(value) if value else _empty(key, k) for key, value in parts.items()}
+    joined = {key: np.concatenate(value) if value else _empty(key, k, 1 + len(tracked)) for key, value in parts.items()}
     return Predictions(sample_ids=sample_ids, bad=bad, **joined)
 
 
@@ -161,8 +191,10 @@ def normalise(images: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     return (images.float() / 255 - mean) / std
 
 
-def _batch_statistics(logits: torch.Tensor, labels: torch.Tensor, k: int) -> dict[str, np.ndarray]:
-    """Per-sample confidence, margin, entropy, loss and top-k from a batch of logits, on the device."""
+def _batch_statistics(logits: torch.Tensor, labels: torch.Tensor, k: int,
+                      tracked: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+    """Per-sample confidence, margin, entropy, loss, top-k, and the probability and rank of the label and of
+    the `tracked` classes, from a batch of logits, on the device."""
     log_probs = torch.log_softmax(logits, dim=1)
     probs = log_probs.exp()
     top = probs.topk(min(max(k, 2), probs.shape[1]), dim=1)
@@ -180,8 +212,25 @@ def _batch_statistics(logits: torch.Tensor, labels: torch.Tensor, k: int) -> dic
         "loss": loss,
         "topk_classes": top.indices[:, :k],
         "topk_probs": top.values[:, :k],
+        **_standings(probs, torch.where(has_label & (labels < probs.shape[1]), labels, -1), tracked),
     }
     return {key: value.cpu().numpy() for key, value in values.items()}
+
+
+def _standings(probs: torch.Tensor, labels: torch.Tensor, tracked: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Each row's label (-1: none) and the `tracked` classes with their probabilities and ranks; a class's rank
+    is its place when the classes are ordered by probability, ties by index."""
+    classes = torch.cat([labels[:, None], torch.tensor(tracked, dtype=labels.dtype, device=labels.device)
+                         .expand(len(labels), len(tracked))], dim=1)
+    safe = classes.clamp(min=0)
+    chosen = probs.gather(1, safe)  # N x T
+    order = torch.arange(probs.shape[1], device=probs.device)
+    ahead = (probs[:, None, :] > chosen[..., None]) | ((probs[:, None, :] == chosen[..., None])
+                                                       & (order < safe[..., None]))
+    ranks = ahead.sum(dim=2) + 1
+    missing = classes < 0
+    return {"tracked_classes": classes, "tracked_probs": chosen.masked_fill(missing, 0.0),
+            "tracked_ranks": ranks.masked_fill(missing, 0)}
 
 
 def _rows(batch: Batch, ids: list[str], stats: dict[str, np.ndarray], class_names: list[str], topk: int,
@@ -202,7 +251,8 @@ def _rows(batch: Batch, ids: list[str], stats: dict[str, np.ndarray], class_name
         ]
 
 
-def _empty(key: str, k: int) -> np.ndarray:
-    if key.startswith("topk"):
-        return np.empty((0, k), dtype=np.int64 if key == "topk_classes" else np.float32)
+def _empty(key: str, k: int, tracked: int) -> np.ndarray:
+    if key.startswith(("topk", "tracked")):
+        float_values = key in ("topk_probs", "tracked_probs")
+        return np.empty((0, k if key.startswith("topk") else tracked), dtype=np.float32 if float_values else np.int64)
     return np.empty(0, dtype=np.int64 if key in ("indices", "labels", "predicted") else np.float32)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from cnnvis_cli import __version__
+from cnnvis_cli.background import default_threads
 from cnnvis_cli.cache import FILES, PredictionCache, prediction_key
 from cnnvis_cli.config import RunConfig
 from cnnvis_cli.cost import explanation_estimates, say_estimates
@@ -35,6 +36,7 @@ from cnnvis_cli.data import (
 from cnnvis_cli.device import resolve_device
 from cnnvis_cli.errors import UserError, for_terminal
 from cnnvis_cli.explain import Explained, RenderOptions, explain_cases
+from cnnvis_cli.fused import KEPT_FILE, SharedForward, kept_bytes, kept_from_bytes, worth_sharing
 from cnnvis_cli.inference import (
     Predictions,
     UnreadablePredictions,
@@ -147,9 +149,10 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
         return make_loader(test_set, batch_size, cfg.dataset.num_workers, pin_memory=device.type == "cuda")
 
     stored = run_dir.root / PREDICTIONS_NPZ
-    keep_k = max(cfg.topk, cfg.selection.topk, deepest_top(parsed_targets))
+    keep_k = max(cfg.topk, cfg.selection.topk, deepest_top(parsed_targets), cfg.render.topn)
+    tracked = tuple(target for target in parsed_targets if isinstance(target, int))  # classes named in targets
     cache = PredictionCache(Path(cfg.cache).expanduser()) if cfg.cache and not cfg.resume else None
-    key = prediction_key(cfg, loaded.preprocess, source, indices, class_names, label_map, keep_k, device) \
+    key = prediction_key(cfg, loaded.preprocess, source, indices, class_names, label_map, keep_k, tracked, device) \
         if cache else None
     cached = cache.load(key) if cache and key else None
     predictions = None
@@ -168,18 +171,30 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
             _write_errors(run_dir, predictions)
             log.info("inference skipped: reusing the %d predictions cached by an earlier run with the same model, "
                      "weights, data and preprocessing (%s)", len(predictions), cache.entry(key))
+    shared = None
     if predictions is None:
+        cells = sum(layer.shape[-2] * layer.shape[-1] for layer in loaded.layers if layer.name in layers)
+        if worth_sharing(cfg.selection, len(indices), techniques, parsed_targets, cells,
+                         cfg.amp and device.type == "cuda"):
+            shared = SharedForward(techniques, parsed_targets, keep_k)
+            log.info("every sample is explained: the inference pass also computes the maps of %s",
+                     ", ".join(technique.name for technique in techniques))
         with run_dir.csv_stream("predictions.csv", prediction_header(cfg.topk, source.extra_columns)) as csv:
             predictions = predict(
                 loaded.module, loader(indices, cfg.dataset.batch_size), loaded.preprocess, device,
-                class_names=class_names, topk=cfg.topk, keep_k=keep_k, csv=csv, extra_columns=source.extra_columns,
-                amp=cfg.amp, total=len(indices), show_progress=cfg.progress, sample_id=source.sample_id,
-                strict=cfg.strict,
+                class_names=class_names, topk=cfg.topk, keep_k=keep_k, tracked=tracked, csv=csv,
+                extra_columns=source.extra_columns, amp=cfg.amp, total=len(indices), show_progress=cfg.progress,
+                sample_id=source.sample_id, strict=cfg.strict, forward=shared,
             )
+        if shared is not None:
+            run_dir.write_bytes(KEPT_FILE, kept_bytes(shared.kept))
         _write_errors(run_dir, predictions)
         run_dir.write_bytes(PREDICTIONS_NPZ, predictions_bytes(predictions))
         if cache and key:
             cache.store(key, {name: run_dir.path(name).read_bytes() for name in FILES})
+    kept = shared.kept if shared is not None else None
+    if cfg.resume and kept is None and (run_dir.root / KEPT_FILE).is_file():  # the maps the first run drew from
+        kept = kept_from_bytes(run_dir.path(KEPT_FILE).read_bytes())
     if cfg.strict:  # also for predictions read back, which recorded their unreadable images
         refuse_unreadable(predictions.bad)
     stages.finish("selection")
@@ -189,7 +204,8 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     stages.finish("explanation")
 
     options = RenderOptions(cfg.render.colormap, cfg.render.alpha, cfg.save_maps, cfg.render.panels, cfg.render.zoom,
-                            cfg.render.zoom_threshold, cfg.render.topn, cfg.render.panel_size)
+                            cfg.render.zoom_threshold, cfg.render.topn, cfg.render.panel_size,
+                            default_threads() if cfg.render.threads is None else cfg.render.threads)
     has_cue = "cue_box" in source.extra_columns
     metrics_header = MetricRecorder.header(cfg.metrics, has_cue) if cfg.metrics else None
     finished = finished_work(selection.cases, predictions, [t.name for t in techniques], parsed_targets, class_names,
@@ -216,7 +232,7 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
         fresh = explain_cases(
             loader([int(predictions.indices[case.row]) for case in todo], cfg.explain_batch_size), todo,
             predictions, techniques, parsed_targets, class_names, loaded.preprocess, device, run_dir, options,
-            source=source, show_progress=cfg.progress, recorder=recorder, collector=collector,
+            source=source, show_progress=cfg.progress, recorder=recorder, collector=collector, kept=kept,
         ) if todo else []
     by_row = {**done, **{item.case.row: item for item in fresh}}
     explained = [by_row[case.row] for case in selection.cases]
@@ -230,6 +246,7 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     summary = _summary(cfg, loaded, layers, techniques, device, predictions, selection, explained, stages.seconds,
                        stages.started)
     summary["predictions_from_cache"] = None if cached is None else str(cache.entry(key))
+    summary["maps_from_inference_pass"] = kept is not None  # fused.py: one forward pass served both stages
     summary["dataset_classes_not_in_model"] = unmatched  # their samples counted as unlabelled
     if recorder is not None:
         summary["metrics"] = {"names": cfg.metrics, "steps": cfg.metrics_steps, "per_technique": recorder.summary()}

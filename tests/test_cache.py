@@ -24,7 +24,7 @@ def key_of(*overrides: str) -> dict | None:
     source = open_source(cfg.dataset)
     loaded = load_model(cfg.model)
     indices = subset_indices(len(source), cfg.dataset.limit, cfg.dataset.seed)
-    return prediction_key(cfg, loaded.preprocess, source, indices, loaded.class_names or [], None, 5,
+    return prediction_key(cfg, loaded.preprocess, source, indices, loaded.class_names or [], None, 5, (),
                           torch.device("cpu"))
 
 
@@ -59,7 +59,7 @@ def test_key_follows_the_files_and_the_checkpoint(tmp_path: Path) -> None:
 
 def test_no_key_for_a_file_list_read_from_standard_input(tmp_path: Path) -> None:
     cfg = run_config("dataset=files", "dataset.list_file=-")
-    assert prediction_key(cfg, load_model(cfg.model).preprocess, None, [], [], None, 5, torch.device("cpu")) is None
+    assert prediction_key(cfg, load_model(cfg.model).preprocess, None, [], [], None, 5, (), torch.device("cpu")) is None
 
 
 def test_second_run_reuses_the_predictions_without_inference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -76,6 +76,7 @@ def test_users_own_option_file_is_found_and_checked_by_the_schema(tmp_path: Path
     ("technique.batch_size=0", r"technique.batch_size=0 must be at least 1, or null for the device.s default"),
     ("metrics_steps=0", r"metrics_steps=0 must be at least 1"),
     ("dataset.num_workers=-1", r"dataset.num_workers=-1 must be 0 or more"),
+    ("render.threads=-1", r"render.threads=-1 cannot be negative; use 0 to draw in the main thread"),
     ("device=gpu", r"device=gpu is not valid"),
     ("model.input_size=-5", r"model.input_size=-5 must be at least 1, or null for the model's own"),
     ("model.input_size=0", r"model.input_size=0 must be at least 1"),  # not silently the model's own size

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cnnvis_cli.data import Batch
-from cnnvis_cli.inference import predict, prediction_header
+from cnnvis_cli.inference import predict, prediction_header, predictions_bytes, predictions_from_bytes
 from cnnvis_cli.models import Preprocess
 from cnnvis_cli.run_dir import RunDir
 
@@ -64,6 +64,27 @@ def test_keep_k_keeps_more_classes_than_the_csv_shows(tmp_path: Path) -> None:
                     topk=1, keep_k=3, csv=stream, show_progress=False)
     assert p.topk_classes.tolist() == [[0, 1, 2]]
     assert next(csv.DictReader((tmp_path / "p.csv").open()))["top1_classes"] == "a"
+
+
+def test_the_label_and_named_classes_keep_their_probability_and_rank_beyond_the_top_k(tmp_path: Path) -> None:
+    # ranks as panels show them: the place in the order by probability, ties by class index
+    logits = torch.tensor([[5.0, 1.0, 3.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    probs = logits.softmax(dim=1)
+    with RunDir(tmp_path).csv_stream("p.csv", prediction_header(1, [])) as stream:
+        p = predict(FixedLogits(logits), batches([3, 2, -1]), IDENTITY, torch.device("cpu"), class_names=list("abcde"),
+                    topk=1, keep_k=1, tracked=(4,), csv=stream, show_progress=False)
+    assert p.tracked_classes.tolist() == [[3, 4], [2, 4], [-1, 4]]
+    assert p.tracked_ranks.tolist() == [[4, 5], [3, 5], [0, 1]]  # the tie of classes 1 and 3 puts 1 first
+    np.testing.assert_allclose(p.tracked_probs[:, 1], probs[:, 4].numpy(), rtol=1e-6)
+    for row in (0, 2):  # rows without a tie at the top, where torch.topk may pick either class
+        order = np.argsort(-probs[row].numpy(), kind="stable")
+        for class_index in (int(order[0]), 4, *([] if row == 2 else [int(p.labels[row])])):
+            probability, rank = p.standing(row, class_index)
+            assert rank == int(np.flatnonzero(order == class_index)[0]) + 1
+            assert probability == pytest.approx(float(probs[row, class_index]), rel=1e-6)
+    assert p.standing(0, 1) is None  # neither in the top 1, nor the label, nor named
+    again = predictions_from_bytes(predictions_bytes(p))
+    assert again.standing(2, 4) == p.standing(2, 4) and again.tracked_ranks.tolist() == p.tracked_ranks.tolist()
 
 
 def test_bad_samples_are_collected_not_fatal(tmp_path: Path) -> None:

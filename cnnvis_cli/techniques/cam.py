@@ -90,17 +90,24 @@ class CamTechnique(Technique):
 
     def cam(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """R maps in [0, 1] at the images' size (the model must already be in eval mode)."""
-        with LayerCapture(self.model, self.layers, self.needs_gradients) as capture:
-            with torch.set_grad_enabled(self.needs_gradients), self.autocast(images):
-                logits = self.model(images)
-            tensors = [capture.activations[layer] for layer in self.layers]
-            gradients = row_gradients(logits, tensors, image_rows, targets) if self.needs_gradients \
-                else [None] * len(tensors)
-        maps = []
-        for layer, tensor, gradient in zip(self.layers, tensors, gradients, strict=True):
-            cam = F.relu(self.layer_map(tensor.detach().float(), gradient, images, image_rows, targets, layer))
-            maps.append(normalise_maps(F.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear",
-                                                     align_corners=False)[:, 0]))
+        with self.autocast(images):
+            _, tensors, gradients = forward_and_gradients(self.model, self.layers, images, self.needs_gradients,
+                                                          lambda _logits: (image_rows, targets))
+        return self.finish(self.layer_maps(tensors, gradients, images, image_rows, targets), images.shape[-2:])
+
+    def layer_maps(self, tensors: list[torch.Tensor], gradients: list[torch.Tensor | None], images: torch.Tensor,
+                   image_rows: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's R x h x w map after ReLU, at the layer's size, from its captured B x K x h x w output
+        (and the rows' gradients with respect to it)."""
+        return [F.relu(self.layer_map(tensor.detach().float(), gradient, images, image_rows, targets, layer))
+                for layer, tensor, gradient in zip(self.layers, tensors, gradients, strict=True)]
+
+    @staticmethod
+    def finish(layer_maps: list[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        """R maps in [0, 1] at `size`: each layer's map upsampled and normalised, several layers averaged and
+        normalised again."""
+        maps = [normalise_maps(F.interpolate(cam[:, None].float(), size=tuple(size), mode="bilinear",
+                                             align_corners=False)[:, 0]) for cam in layer_maps]
         return maps[0] if len(maps) == 1 else normalise_maps(torch.stack(maps).mean(dim=0))
 
     @abstractmethod
@@ -108,6 +115,20 @@ class CamTechnique(Technique):
                   image_rows: torch.Tensor, targets: torch.Tensor, layer: str) -> torch.Tensor:
         """R x h x w map of one layer, before ReLU, from its B x K x h x w activation (and R x K x h x w
         gradient when the technique needs gradients)."""
+
+
+def forward_and_gradients(model: nn.Module, layers: Sequence[str], images: torch.Tensor, with_gradients: bool,
+                          choose_rows) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None]]:
+    """One forward pass of `images` that keeps the layers' outputs: the logits, those outputs, and (with
+    `with_gradients`) each row's gradient with respect to them, for the rows `choose_rows(logits)` returns as
+    (image_rows, targets), which may depend on what the model predicted."""
+    with LayerCapture(model, layers, with_gradients) as capture:
+        with torch.set_grad_enabled(with_gradients):
+            logits = model(images)
+        image_rows, targets = choose_rows(logits.detach())
+        tensors = [capture.activations[layer] for layer in layers]
+        gradients = row_gradients(logits, tensors, image_rows, targets) if with_gradients else [None] * len(tensors)
+    return logits, tensors, gradients
 
 
 class ChannelWeightedCAM(CamTechnique):
