@@ -18,6 +18,7 @@ import torch
 
 from cnnvis_cli.config import SelectionConfig
 from cnnvis_cli.data import UNLABELLED
+from cnnvis_cli.inference import ranked
 from cnnvis_cli.targets import deepest_top, targets_for
 from cnnvis_cli.techniques import Technique
 from cnnvis_cli.techniques.base import eval_mode
@@ -74,11 +75,10 @@ class SharedForward:
 
         def choose(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             # the targets as the explanation stage picks them from the stored predictions (the same top k)
-            probs = torch.log_softmax(logits.float(), dim=1).exp()
-            ranked = probs.topk(min(max(self.keep_k, 2), probs.shape[1]), dim=1).indices.cpu().tolist()
+            order = ranked(logits.float(), self.keep_k)[1].indices.cpu().tolist()
             for position, (index, label) in enumerate(zip(indices, labels.tolist(), strict=True)):
-                for target in targets_for(self.parsed_targets, ranked[position][0],
-                                          None if label == UNLABELLED else label, ranked[position][:self.keep_k]):
+                for target in targets_for(self.parsed_targets, order[position][0],
+                                          None if label == UNLABELLED else label, order[position][:self.keep_k]):
                     rows.append(position)
                     chosen.append((index, target.class_index))
             return (torch.tensor(rows, dtype=torch.long, device=logits.device),

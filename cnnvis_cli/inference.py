@@ -191,13 +191,19 @@ def normalise(images: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     return (images.float() / 255 - mean) / std
 
 
+def ranked(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.return_types.topk]:
+    """The log-probabilities of float logits, and the top max(k, 2) classes by probability: the order that
+    predictions, top-k columns and `topN` targets follow."""
+    log_probs = torch.log_softmax(logits, dim=1)
+    return log_probs, log_probs.exp().topk(min(max(k, 2), log_probs.shape[1]), dim=1)
+
+
 def _batch_statistics(logits: torch.Tensor, labels: torch.Tensor, k: int,
                       tracked: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
     """Per-sample confidence, margin, entropy, loss, top-k, and the probability and rank of the label and of
     the `tracked` classes, from a batch of logits, on the device."""
-    log_probs = torch.log_softmax(logits, dim=1)
+    log_probs, top = ranked(logits, k)
     probs = log_probs.exp()
-    top = probs.topk(min(max(k, 2), probs.shape[1]), dim=1)
     second = top.values[:, 1] if probs.shape[1] > 1 else torch.zeros_like(top.values[:, 0])
     entropy = -(probs * log_probs).nan_to_num().sum(dim=1) / max(math.log(probs.shape[1]), 1e-12)
     has_label = labels >= 0

@@ -67,3 +67,21 @@ def tiny_classifier(num_classes: int = 2):
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(4, num_classes))
+
+
+def count_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Forward passes of the model that each `pipeline.run` loads from now on, one entry per run."""
+    from cnnvis_cli import pipeline
+
+    passes: list[int] = []
+    load = pipeline.load_model
+
+    def counting_load(cfg):
+        loaded = load(cfg)
+        passes.append(0)
+        number = len(passes) - 1
+        loaded.module.register_forward_hook(lambda *_: passes.__setitem__(number, passes[number] + 1))
+        return loaded
+
+    monkeypatch.setattr(pipeline, "load_model", counting_load)
+    return passes

@@ -4,7 +4,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-from helpers import run_config
+from helpers import count_passes, run_config
 from rich.progress import Progress
 
 from cnnvis_cli import pipeline
@@ -31,17 +31,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 
 def test_panels_take_no_pass_of_the_model_and_threads_change_no_byte(tmp_path: Path, monkeypatch) -> None:
-    passes: list[int] = []
-    load = pipeline.load_model
-
-    def counting_load(cfg):
-        loaded = load(cfg)
-        passes.append(0)
-        run_number = len(passes) - 1
-        loaded.module.register_forward_hook(lambda *_: passes.__setitem__(run_number, passes[run_number] + 1))
-        return loaded
-
-    monkeypatch.setattr(pipeline, "load_model", counting_load)
+    passes = count_passes(monkeypatch)
     settings = ["dataset.limit=24", "technique=[gradcam,gradient_x_input]", "targets=[pred,true,3]",
                 "save_maps=true", "cache=null"]
     outputs = {}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_config
+from helpers import count_passes, run_config
 
 from cnnvis_cli import pipeline
 from cnnvis_cli.config import SelectionConfig
@@ -55,22 +55,6 @@ def test_the_shared_pass_keeps_its_maps_within_a_memory_budget() -> None:
     assert worth_sharing(every, fits, cams, ["pred", "top3"], 49, amp_on_gpu=False)
     assert not worth_sharing(every, fits + 1, cams, ["pred", "top3"], 49, amp_on_gpu=False)
     assert not worth_sharing(every, 10, cams, ["pred"], 49, amp_on_gpu=True)  # the CAMs stay in float32
-
-
-def count_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Forward passes of the model each `pipeline.run` loads, one entry per run."""
-    passes: list[int] = []
-    load = pipeline.load_model
-
-    def counting_load(cfg):
-        loaded = load(cfg)
-        passes.append(0)
-        number = len(passes) - 1
-        loaded.module.register_forward_hook(lambda *_: passes.__setitem__(number, passes[number] + 1))
-        return loaded
-
-    monkeypatch.setattr(pipeline, "load_model", counting_load)
-    return passes
 
 
 def maps_of(folder: Path) -> dict[str, np.ndarray]:
