@@ -195,6 +195,8 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages) -> RunResult:
     kept = shared.kept if shared is not None else None
     if cfg.resume and kept is None and (run_dir.root / KEPT_FILE).is_file():  # the maps the first run drew from
         kept = kept_from_bytes(run_dir.path(KEPT_FILE).read_bytes())
+        if kept is None:
+            log.warning("the run's %s cannot be read; its maps are computed again", KEPT_FILE)
     if cfg.strict:  # also for predictions read back, which recorded their unreadable images
         refuse_unreadable(predictions.bad)
     stages.finish("selection")

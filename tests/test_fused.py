@@ -104,6 +104,19 @@ def test_kept_maps_that_cannot_be_read_are_computed_again(damage: bytes) -> None
     assert kept_from_bytes(damage) is None
 
 
+def test_a_resume_whose_kept_maps_cannot_be_read_computes_them_again(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    settings = ["dataset.limit=12", "cache=null", *EVERY]
+    pipeline.run(run_config(*settings), tmp_path)
+    (tmp_path / KEPT_FILE).write_bytes(b"PK\x03\x04 cut short")
+    overlay = sorted((tmp_path / "heatmaps" / "gradcam").glob("*.png"))[0]
+    overlay.unlink()
+    with caplog.at_level("WARNING", logger="cnnvis"):
+        resumed = pipeline.run(run_config(*settings, f"resume={tmp_path}"), tmp_path)
+    assert f"the run's {KEPT_FILE} cannot be read; its maps are computed again" in caplog.text
+    assert overlay.is_file() and not resumed.summary["maps_from_inference_pass"]
+
+
 def test_the_kept_maps_file_is_in_the_run_directory(tmp_path: Path) -> None:
     pipeline.run(run_config("dataset.limit=10", "cache=null", *EVERY), tmp_path)
     kept = kept_from_bytes((tmp_path / KEPT_FILE).read_bytes())
