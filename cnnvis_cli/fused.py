@@ -71,24 +71,25 @@ class SharedForward:
         """The logits of normalised `images`; keeps the maps of their targets on the way."""
         first = self.techniques[0]
         chosen: list[Key] = []
-        rows: list[int] = []
+        picked: list[tuple[torch.Tensor, torch.Tensor]] = []  # the rows `choose` returned: image rows, targets
 
         def choose(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             # the targets as the explanation stage picks them from the stored predictions (the same top k)
             order = ranked(logits.float(), self.keep_k)[1].indices.cpu().tolist()
+            rows = []
             for position, (index, label) in enumerate(zip(indices, labels.tolist(), strict=True)):
                 for target in targets_for(self.parsed_targets, order[position][0],
                                           None if label == UNLABELLED else label, order[position][:self.keep_k]):
                     rows.append(position)
                     chosen.append((index, target.class_index))
-            return (torch.tensor(rows, dtype=torch.long, device=logits.device),
-                    torch.tensor([target for _, target in chosen], dtype=torch.long, device=logits.device))
+            picked.append((torch.tensor(rows, dtype=torch.long, device=logits.device),
+                           torch.tensor([target for _, target in chosen], dtype=torch.long, device=logits.device)))
+            return picked[0]
 
         with eval_mode(first.model):
             logits, tensors, gradients = forward_and_gradients(
                 first.model, first.layers, images, any(t.needs_gradients for t in self.techniques), choose)
-            image_rows = torch.tensor(rows, dtype=torch.long, device=images.device)
-            targets = torch.tensor([target for _, target in chosen], dtype=torch.long, device=images.device)
+            image_rows, targets = picked[0]
             for technique in self.techniques:
                 layer_maps = [cam.cpu().numpy() for cam in technique.layer_maps(tensors, gradients, images,
                                                                                  image_rows, targets)]
