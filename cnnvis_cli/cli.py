@@ -118,9 +118,12 @@ def _report_command(argv: list[str]) -> int:
 # --- run ------------------------------------------------------------------------------------------
 
 
+RESUME_KEYS = ("devices", "rank_timeout", "progress")  # how a run is carried out, not what it computes
+
+
 def resume_overrides(argv: list[str]) -> list[str]:
     """`resume=RUN_DIR` becomes the run's own overrides (from RUN_DIR/.hydra/overrides.yaml), continued in
-    RUN_DIR itself; any other argument is unchanged."""
+    RUN_DIR itself, with any of RESUME_KEYS given beside it (`devices=4`); without resume=, `argv` as it is."""
     given = [arg for arg in argv if arg.startswith("resume=")]
     if not given:
         return argv
@@ -129,12 +132,14 @@ def resume_overrides(argv: list[str]) -> list[str]:
     if not saved.is_file():
         raise UserError(f"cannot resume {folder}: it is not a cnnvis run directory (no .hydra/overrides.yaml)")
     others = [arg for arg in argv if not arg.startswith("resume=")]
-    if others:
-        raise UserError(f"resume= continues a run with its own config; drop the other arguments: {' '.join(others)}")
+    refused = [arg for arg in others if arg.partition("=")[0] not in RESUME_KEYS]
+    if refused:
+        raise UserError(f"resume= continues a run with its own config; drop the other arguments (only "
+                        f"{', '.join(RESUME_KEYS)} may change): {' '.join(refused)}")
     import yaml
 
     original = [item for item in yaml.safe_load(saved.read_text()) or [] if not item.startswith("resume=")]
-    return [*original, f"resume={folder}", f"hydra.run.dir={folder}"]
+    return [*original, *others, f"resume={folder}", f"hydra.run.dir={folder}"]
 
 
 def _run(argv: list[str]) -> int:
@@ -145,8 +150,13 @@ def _run(argv: list[str]) -> int:
         folder = _override_value(argv, key)
         if folder:
             _require_makeable(key, Path(folder).expanduser().resolve())
+    from cnnvis_cli import world as processes
+
+    world = processes.current(float(_override_value(argv, "rank_timeout") or 60))  # torchrun, srun: many
+    if world.size > 1:
+        argv = rank_overrides(argv, world)
     run_dir = _override_value(argv, "hydra.run.dir")
-    if run_dir:  # a folder that another run is writing, refused before Hydra writes its config there
+    if run_dir and world.main:  # a folder that another run is writing, refused before Hydra writes its config there
         refuse_if_held(Path(run_dir).expanduser().resolve())
     existing = Path(run_dir).expanduser().resolve() if run_dir and Path(run_dir).expanduser().exists() else None
     app = _hydra_app(existing)
@@ -154,9 +164,46 @@ def _run(argv: list[str]) -> int:
     sys.argv = ["cnnvis run", *argv]
     try:
         app()
+    except BaseException:
+        world.abandon()
+        raise
+    else:
+        world.close()
     finally:
         sys.argv = saved_argv
     return 0
+
+
+def rank_overrides(argv: list[str], world) -> list[str]:
+    """The overrides of one rank of a run over many processes: the run (or sweep) folder that rank 0 chose,
+    for every rank (each would resolve its own `${now:}`: hydra#2070); and for ranks 1, 2, ...: no copy of
+    the config, a log of their own (`cnnvis.rankR.log`), and only warnings on the terminal."""
+    multirun = "-m" in argv or "--multirun" in argv
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = _override_value(argv, key)
+    folder = world.share(given or _resolved(argv, key) if world.main else None)
+    argv = [*argv, f"{key}={_hydra_string(key, folder)}"] if not given else argv
+    if world.main:
+        return argv
+    return [*argv, "hydra.output_subdir=null", f"hydra.job.name=cnnvis.rank{world.rank}",
+            "++hydra.job_logging.handlers.console.level=WARNING"]
+
+
+def _resolved(argv: list[str], key: str) -> str:
+    """The value of `key` in the Hydra config that `argv` composes, resolved (`${now:...}` included)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from omegaconf import OmegaConf
+
+    args = get_args_parser().parse_args(argv)
+    overrides = [text for text in args.overrides if not text.startswith(("hydra/", "hydra.launcher"))]
+    if args.config_dir:
+        overrides = _with_search_dir(overrides, Path(args.config_dir).expanduser().resolve())
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="cnnvis"):
+        composed = hydra_compose(config_name=args.config_name or "config", overrides=overrides,
+                                 return_hydra_config=True)
+    return str(OmegaConf.select(composed, key))
 
 
 _OVERRIDE = re.compile(r"(?P<key>[+~]{0,2}[\w.@/-]+)=(?P<value>.*)", re.DOTALL)
@@ -237,22 +284,49 @@ def _hydra_app(existing: Path | None = None):
     import hydra
     from omegaconf import DictConfig
 
+    from cnnvis_cli.pipeline import Interrupted
+
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def cnnvis_run(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
 
+        from cnnvis_cli import world as processes
         from cnnvis_cli.checks import load_run_config
-        from cnnvis_cli.pipeline import run
+        from cnnvis_cli.pipeline import run, run_as_rank
 
         output_dir = Path(HydraConfig.get().runtime.output_dir)
+        world = processes.current()
+        spawned, failed = None, True
         try:
             run_config = load_run_config(cfg)
+            if world.size > 1:  # a launcher's processes (under submitit, each resolved its own folder)
+                output_dir = Path(world.share(str(output_dir)))
+            elif run_config.devices > 1:
+                check_devices(run_config)
+                world = spawned = processes.spawn(run_config.devices, run_config.rank_timeout, run_as_rank,
+                                                  run_config, output_dir)
+            if world.size > 1:
+                label_logs(world.rank)
             with stdout_to_stderr():  # whatever the model's code or its libraries print
-                result = run(run_config, output_dir)
+                result = run(run_config, output_dir, world)
+            failed = False
         except UserError as error:
-            if output_dir.resolve() != existing:
+            world.fail(str(error))
+            if output_dir.resolve() != existing and world.main:
                 discard_unused(output_dir, below=Path.cwd())  # a mistake leaves no run directory behind
-            sys.exit(fail(error))
+            sys.exit(fail(error) if world.main else 2)
+        except Interrupted as stop:
+            if stop.reason is None:
+                raise
+            sys.exit(stopped(stop))
+        except Exception as error:  # a crash: the other ranks stop too, naming this one
+            world.fail(f"{type(error).__name__}: {first_line(str(error))}")
+            raise
+        finally:
+            if spawned is not None:
+                processes.leave(spawned, failed)
+        if not world.main:
+            return
         _report(result.summary, result.run_dir)
         if run_config.stdout == "jsonl":
             emit(json.dumps(record, ensure_ascii=False) for record in result.records)
@@ -260,6 +334,32 @@ def _hydra_app(existing: Path | None = None):
             emit([str(result.run_dir)])
 
     return cnnvis_run
+
+
+def check_devices(cfg) -> None:
+    """devices=N asks for N GPUs where the run is on the GPU; a UserError when there are fewer."""
+    import torch
+
+    from cnnvis_cli.device import resolve_device
+
+    if resolve_device(cfg.device).type == "cuda" and cfg.devices > torch.cuda.device_count():
+        raise UserError(f"devices={cfg.devices} but this machine has {torch.cuda.device_count()} GPUs; "
+                        f"use devices={torch.cuda.device_count()} or fewer")
+
+
+def label_logs(rank: int) -> None:
+    """Mark every log line of this process with its rank."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(f"[%(asctime)s][rank {rank}][%(levelname)s] %(message)s"))
+
+
+def stopped(stop) -> int:
+    """A run that another rank's end stopped: one line naming the rank, and how to finish the run."""
+    print(f"cnnvis: error: {for_terminal(stop.reason)}; the run stopped; finish it with: "
+          f"cnnvis run resume={stop.run_dir}", file=sys.stderr)
+    return 1
 
 
 def _report(summary: dict, run_dir: Path) -> None:

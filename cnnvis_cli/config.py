@@ -183,6 +183,8 @@ class RunConfig:
     save_maps: bool = False
     stdout: str = "path"  # path: print the run directory; jsonl: one JSON object per selected sample
     progress: bool = True
+    devices: int = 1  # processes this run spawns on this machine, one per GPU (or CPU share); see world.py
+    rank_timeout: float = 60.0  # seconds without a heartbeat after which a run over many processes stops
 
     @property
     def techniques(self) -> list[str]:
@@ -251,6 +253,7 @@ def check_values(cfg: RunConfig) -> None:
     for key, value in (
         ("dataset.batch_size", cfg.dataset.batch_size),
         ("explain_batch_size", cfg.explain_batch_size),
+        ("devices", cfg.devices),
         ("topk", cfg.topk),
         ("selection.topk", cfg.selection.topk),
         ("technique.integrated_gradients.steps", cfg.technique.integrated_gradients.steps),
@@ -262,6 +265,7 @@ def check_values(cfg: RunConfig) -> None:
         ("metrics_steps", cfg.metrics_steps),
         ("sanity_samples", cfg.sanity_samples),
         ("sanity_stages", cfg.sanity_stages),
+        ("rank_timeout", cfg.rank_timeout),
     ):
         if value < 1:
             raise UserError(f"{key}={value} must be at least 1")

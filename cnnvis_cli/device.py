@@ -20,6 +20,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_of_rank(device: torch.device, local_rank: int) -> torch.device:
+    """The GPU of process `local_rank` on its machine when a run spans many processes (`cuda` alone names
+    none); any other device as it is."""
+    if device.type == "cuda" and device.index is None and local_rank:
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
+
+
 def amp_dtype(device: torch.device) -> torch.dtype:
     """Mixed precision's dtype: bfloat16 where the GPU supports it (its range is float32's, so no overflow),
     else float16."""

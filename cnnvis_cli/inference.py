@@ -98,6 +98,13 @@ def predictions_bytes(predictions: Predictions) -> bytes:
     return buffer.getvalue()
 
 
+def concat_predictions(parts: list[Predictions]) -> Predictions:
+    """The predictions of consecutive shards of a test set as one, in shard order."""
+    return Predictions(**{name: np.concatenate([getattr(part, name) for part in parts]) for name in ARRAYS},
+                       sample_ids=[sample_id for part in parts for sample_id in part.sample_ids],
+                       bad=[bad for part in parts for bad in part.bad])
+
+
 class UnreadablePredictions(ValueError):
     """Stored predictions that are cut short, tampered with, or not predictions at all."""
 

@@ -9,6 +9,7 @@ maps cover every sample without explaining the finished ones again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -32,12 +33,18 @@ class Finished:
 
 def finished_work(cases: list[Case], predictions: Predictions, technique_names: list[str],
                   parsed_targets: list[str | int], class_names: list[str], run_dir: RunDir, options: RenderOptions,
-                  metrics_header: list[str] | None, collects_maps: bool) -> Finished:
+                  metrics_header: list[str] | None, collects_maps: bool, also: list[Path] = ()) -> Finished:
     """The samples of `cases` that need no explaining again; `metrics_header` when the run computes
-    metrics, `collects_maps` when it runs analyses."""
+    metrics, `collects_maps` when it runs analyses. The rows and maps are read from the run directory and
+    from the folders `also` names, where the other ranks of a run over many processes wrote theirs."""
     written = already_written(cases, predictions, technique_names, parsed_targets, class_names, run_dir, options)
-    rows = finished_rows(run_dir.root, metrics_header) if metrics_header else {}
-    collected = finished_maps(run_dir.root) if collects_maps else {}
+    rows: dict[int, list[list[str]]] = {}
+    collected: dict[int, list] = {}
+    for root in (run_dir.root, *also):
+        for index, found in (finished_rows(root, metrics_header) if metrics_header else {}).items():
+            rows.setdefault(index, []).extend(found)
+        for index, found in (finished_maps(root) if collects_maps else {}).items():
+            collected.setdefault(index, []).extend(found)
     finished = Finished()
     for row, record in written.items():
         index = int(predictions.indices[row])
