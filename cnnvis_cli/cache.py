@@ -9,6 +9,11 @@ The key holds everything the predictions depend on: the model's config and the s
 time of its checkpoint, the preprocessing, the dataset's config and the size and modification time of
 every file read, the samples chosen, the class names and label mapping, the top-k kept, the device type,
 mixed precision, and the versions of cnnvis, torch and torchvision. Changing any of them gives a new key.
+
+Runs at the same time (a sweep's parallel jobs) share the cache safely: an entry appears whole by one
+rename, so no reader sees half of one; and a run about to compute an entry that another run on the same
+machine is computing waits for it instead (a lock file beside the entry names the computing process, and a
+dead one's lock is taken over). On different machines both compute, and the first rename wins.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +38,7 @@ from cnnvis_cli import __version__
 from cnnvis_cli.config import RunConfig
 from cnnvis_cli.data import Source
 from cnnvis_cli.models import Preprocess
+from cnnvis_cli.run_dir import alive
 
 log = logging.getLogger("cnnvis")
 
@@ -97,6 +105,52 @@ class PredictionCache:
                         folder, error)
             return None
         return folder
+
+    def claim(self, key: dict[str, Any], poll: float = 1.0) -> tuple[CacheClaim | None, dict[str, bytes] | None]:
+        """Before computing the predictions of `key`: a claim on them, or, when another process on this
+        machine is computing them already (a sweep's parallel jobs), its entry once written (waiting for it).
+        A claim whose holder died is taken over; one held on another machine is not waited for."""
+        lock = self.entry(key).with_name(self.entry(key).name + ".lock")
+        said = False
+        while True:
+            try:
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                host, _, pid = lock.read_text().partition(" ") if lock.is_file() else ("", "", "")
+                if host != socket.gethostname():
+                    return None, None  # its holder cannot be watched from here: compute beside it
+                if not pid.strip().isdigit() or not alive(int(pid)):
+                    lock.unlink(missing_ok=True)  # its holder stopped without writing the entry
+                    continue
+                found = self.load(key)
+                if found is not None:
+                    return None, found
+                if not said:
+                    log.info("waiting for process %s, which is computing the same predictions (%s)", pid.strip(),
+                             self.entry(key))
+                    said = True
+                time.sleep(poll)
+                continue
+            except OSError:
+                return None, None  # a cache that cannot be written: no claim, as no entry
+            with os.fdopen(descriptor, "w") as file:
+                file.write(f"{socket.gethostname()} {os.getpid()}")
+            found = self.load(key)  # written between our look and our claim
+            if found is not None:
+                lock.unlink(missing_ok=True)
+                return None, found
+            return CacheClaim(lock), None
+
+
+@dataclass(frozen=True)
+class CacheClaim:
+    """A process's claim on computing one entry; released once the entry is stored (or the run fails)."""
+
+    lock: Path
+
+    def release(self) -> None:
+        self.lock.unlink(missing_ok=True)
 
 
 def prediction_key(cfg: RunConfig, preprocess: Preprocess, source: Source, indices: Sequence[int],

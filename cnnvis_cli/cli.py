@@ -164,6 +164,11 @@ def _run(argv: list[str]) -> int:
     sys.argv = ["cnnvis run", *argv]
     try:
         app()
+    except ValueError as error:  # Hydra's own refusal of a combination of flags
+        world.abandon()
+        if str(error).startswith("Only one of"):
+            raise UserError(f"{first_line(str(error))}; drop the others") from error
+        raise
     except BaseException:
         world.abandon()
         raise
@@ -194,10 +199,13 @@ def _resolved(argv: list[str], key: str) -> str:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     args = get_args_parser().parse_args(argv)
-    overrides = [text for text in args.overrides if not text.startswith(("hydra/", "hydra.launcher"))]
+    # a sweep's folder does not depend on its values: the first of each will do
+    overrides = [_override_with(override, None) for override in OverridesParser.create().parse_overrides(
+        [text for text in args.overrides if not text.startswith(("hydra/launcher", "hydra.launcher"))])]
     if args.config_dir:
         overrides = _with_search_dir(overrides, Path(args.config_dir).expanduser().resolve())
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="cnnvis"):
@@ -295,6 +303,7 @@ def _hydra_app(existing: Path | None = None):
         from cnnvis_cli.pipeline import run, run_as_rank
 
         output_dir = Path(HydraConfig.get().runtime.output_dir)
+        owned = not processes.joined()  # a launcher's job (submitit's tasks) joins here, and leaves at its end
         world = processes.current()
         spawned, failed = None, True
         try:
@@ -306,7 +315,7 @@ def _hydra_app(existing: Path | None = None):
                 world = spawned = processes.spawn(run_config.devices, run_config.rank_timeout, run_as_rank,
                                                   run_config, output_dir)
             if world.size > 1:
-                label_logs(world.rank)
+                label_logs(world.rank, output_dir)
             with stdout_to_stderr():  # whatever the model's code or its libraries print
                 result = run(run_config, output_dir, world)
             failed = False
@@ -325,6 +334,12 @@ def _hydra_app(existing: Path | None = None):
         finally:
             if spawned is not None:
                 processes.leave(spawned, failed)
+            elif owned and world.size > 1:
+                if failed:
+                    world.abandon()
+                else:
+                    world.close()
+                processes.forget()
         if not world.main:
             return
         _report(result.summary, result.run_dir)
@@ -347,11 +362,20 @@ def check_devices(cfg) -> None:
                         f"use devices={torch.cuda.device_count()} or fewer")
 
 
-def label_logs(rank: int) -> None:
-    """Mark every log line of this process with its rank."""
+def label_logs(rank: int, output_dir: Path) -> None:
+    """Mark every log line of this process with its rank; ranks 1, 2, ... keep their log in a file of their
+    own (`cnnvis.rankR.log`) and show only warnings on the terminal."""
     import logging
 
-    for handler in logging.getLogger().handlers:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if rank and isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).name == "cnnvis.log":
+            root.removeHandler(handler)
+            handler.close()
+            handler = logging.FileHandler(output_dir / f"cnnvis.rank{rank}.log")
+            root.addHandler(handler)
+        elif rank and isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
         handler.setFormatter(logging.Formatter(f"[%(asctime)s][rank {rank}][%(levelname)s] %(message)s"))
 
 

@@ -54,6 +54,7 @@ from cnnvis_cli.inference import (
 from cnnvis_cli.metrics import METRICS_FILE, MetricRecorder, finished_rows
 from cnnvis_cli.models import LoadedModel, load_model, resolve_target_layer
 from cnnvis_cli.patterns import MAPS_FILE, MAPS_HEADER, MapCollector, find_patterns, finished_maps
+from cnnvis_cli.progress import share_progress
 from cnnvis_cli.report import write_report
 from cnnvis_cli.resume import Finished, finished_work
 from cnnvis_cli.run_dir import RunDir, read_stream
@@ -62,7 +63,7 @@ from cnnvis_cli.selection import Case, Selection, select
 from cnnvis_cli.targets import deepest_top, parse_targets
 from cnnvis_cli.techniques import NORMALISATION, Technique, TechniqueContext, build_technique
 from cnnvis_cli.techniques.base import inputs_per_pass
-from cnnvis_cli.world import SINGLE, RankFailed, World, balance, shard
+from cnnvis_cli.world import SINGLE, RankFailed, StoreBoard, World, balance, shard
 
 log = logging.getLogger("cnnvis")
 PREDICTIONS_NPZ = "predictions.npz"  # the predictions at full precision, for resuming
@@ -175,14 +176,18 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
         test_set = SampleSet(source, loaded.preprocess, selected, label_map)
         return make_loader(test_set, batch_size, cfg.dataset.num_workers, pin_memory=device.type == "cuda")
 
+    board = StoreBoard(world, {"inference": len(indices)} if world.main else None) if world.size > 1 else None
+    share_progress(board)  # one bar per stage for the whole run, on rank 0
     keep_k = max(cfg.topk, cfg.selection.topk, deepest_top(parsed_targets), cfg.render.topn)
     tracked = tuple(target for target in parsed_targets if isinstance(target, int))  # classes named in targets
     cache = PredictionCache(Path(cfg.cache).expanduser()) if cfg.cache and not cfg.resume else None
     key = prediction_key(cfg, loaded.preprocess, source, indices, class_names, label_map, keep_k, tracked, device) \
         if cache and world.main else None
     cached = cache.load(key) if cache and key else None
-    predictions = kept = None
+    predictions = kept = claim = None
     if world.main:
+        if cache and key and cached is None and not (cfg.resume and (run_dir.root / PREDICTIONS_NPZ).is_file()):
+            claim, cached = cache.claim(key)  # or another run's predictions, computed while this one waited
         predictions, cached = _stored_predictions(cfg, run_dir, cache, key, cached)
     shared = None
     if world.share(predictions is None):  # rank 0 found no predictions to reuse: every rank predicts its shard
@@ -215,6 +220,8 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
             run_dir.write_bytes(PREDICTIONS_NPZ, predictions_bytes(predictions))
             if cache and key:
                 cache.store(key, {name: run_dir.path(name).read_bytes() for name in FILES})
+    if claim is not None:
+        claim.release()
     if world.main and cfg.resume and kept is None and (run_dir.root / KEPT_FILE).is_file():
         kept = kept_from_bytes(run_dir.path(KEPT_FILE).read_bytes())  # the maps the first run drew from
         if kept is None:
@@ -244,6 +251,8 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
             techniques, torch.zeros((1, 3, size, size), device=device), -(-len(todo) // world.size),
             inputs_per_pass(techniques_context(cfg, loaded, layers))), len(todo), device)
         shares = explanation_shares(todo, predictions, parsed_targets, kept, world.size)
+        if board is not None:
+            board.wholes["heatmaps"] = len(todo)
     # the selection, split so that every rank has as many maps (samples x targets) to make as the others
     predictions, todo, kept = world.scatter(shares)
     stages.finish("explanation")
@@ -272,7 +281,8 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
             predictions, techniques, parsed_targets, class_names, loaded.preprocess, device, run_dir, options,
             source=source, show_progress=cfg.progress and world.main, recorder=recorder, collector=collector,
             kept=kept,
-        ) if todo else []
+        ) if todo or world.size > 1 else []  # (a rank with nothing to do still says so to the bar)
+        share_progress(None)
         if not world.main:
             stack.close()  # the other ranks' parts are whole before rank 0 reads them
         everyone = world.gather(fresh)

@@ -105,7 +105,7 @@ def refuse_if_held(folder: Path) -> None:
     """A UserError when another live process holds `folder` (`RunDir.held`)."""
     holder = folder / HOLDER_FILE
     pid = _pid_in(holder)
-    if pid is not None and _alive(pid):
+    if pid is not None and alive(pid):
         raise UserError(f"{folder} is being written by another cnnvis run (process {pid}); wait for it to end or "
                         f"stop it, then run again (if no such run exists, delete {holder})")
 
@@ -117,7 +117,7 @@ def _pid_in(path: Path) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether process `pid` exists (on Windows, where no signal can merely ask, assumed not)."""
     if sys.platform == "win32" or pid == os.getpid():
         return False

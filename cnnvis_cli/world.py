@@ -172,6 +172,36 @@ class World:
 SINGLE = World()
 
 
+class StoreBoard:
+    """progress.Board in the run's store: each rank's count per stage, and how many ranks have finished it;
+    `wholes`, rank 0's, says how many items each stage of the whole run has."""
+
+    def __init__(self, world: World, wholes: dict[str, float] | None = None) -> None:
+        self.rank, self.size, self.store = world.rank, world.size, world.store
+        self.prefix = f"cnnvis/progress/{world._meetings}"  # the same on every rank, new for each run
+        self.wholes = wholes if wholes is not None else {}
+        self._posted = 0.0
+
+    def post(self, kind: str, completed: float, done: bool = False) -> None:
+        now = time.monotonic()
+        if not done and now - self._posted < 0.1:
+            return  # a pass-by-pass technique reports thousands of times: ten posts a second are enough
+        self._posted = now
+        self.store.set(f"{self.prefix}/{kind}/{self.rank}", str(completed).encode())
+        if done:
+            self.store.add(f"{self.prefix}/{kind}/done", 1)
+
+    def others(self, kind: str) -> float:
+        keys = [f"{self.prefix}/{kind}/{rank}" for rank in range(self.size) if rank != self.rank]
+        return sum(float(self.store.get(key)) for key in keys if self.store.check([key]))
+
+    def whole(self, kind: str) -> float | None:
+        return self.wholes.get(kind)
+
+    def finished(self, kind: str) -> bool:
+        return self.store.add(f"{self.prefix}/{kind}/done", 0) >= self.size
+
+
 class Watchdog:
     """A thread that keeps this process's heartbeat and watches the others' (through its own connection
     to the store); when one stops beating for `timeout` seconds or reports a failure, it records why and
@@ -259,8 +289,9 @@ class Place:
 
 def place_from_env(env: dict[str, str] | None = None) -> Place | None:
     """This process's place when a launcher started it as one of many: torchrun's RANK, WORLD_SIZE,
-    LOCAL_RANK, MASTER_ADDR and MASTER_PORT, or SLURM's SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID (with
-    the first node of the job as the store's host); None for a single process."""
+    LOCAL_RANK, MASTER_ADDR and MASTER_PORT; a submitit job's tasks (Hydra's submitit launchers with
+    tasks_per_node > 1); or SLURM's SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID (srun, with the first node of
+    the job as the store's host); None for a single process."""
     env = dict(os.environ if env is None else env)
     if "RANK" in env and "WORLD_SIZE" in env:
         size = int(env["WORLD_SIZE"])
@@ -268,6 +299,11 @@ def place_from_env(env: dict[str, str] | None = None) -> Place | None:
             return None
         return Place(int(env["RANK"]), size, int(env.get("LOCAL_RANK", "0")), env.get("MASTER_ADDR", "127.0.0.1"),
                      int(env.get("MASTER_PORT", "29500")), env.get("TORCHELASTIC_USE_AGENT_STORE") == "True")
+    if env.get("SUBMITIT_EXECUTOR") and int(env.get("SUBMITIT_LOCAL_NTASKS") or env.get("SLURM_NTASKS") or 1) > 1:
+        from submitit.helpers import TorchDistributedEnvironment  # a job of Hydra's submitit launchers
+
+        job = TorchDistributedEnvironment()
+        return Place(job.rank, job.world_size, job.local_rank, job.master_addr, job.master_port)
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
         host = env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "")))
         port = int(env.get("MASTER_PORT") or 20000 + int(env["SLURM_JOB_ID"]) % 20000)
@@ -321,6 +357,17 @@ def current(timeout: float = 60.0) -> World:
         if place is not None:
             _stop_on_sigterm(_joined)
     return _joined
+
+
+def joined() -> bool:
+    """Whether `current` has joined this process to its world already."""
+    return _joined is not None
+
+
+def forget() -> None:
+    """After `close`: the next `current` joins again (a launcher's next job in this process)."""
+    global _joined
+    _joined = None
 
 
 def _stop_on_sigterm(world: World) -> None:

@@ -147,3 +147,48 @@ def test_strict_is_strict_whatever_the_cache_holds(tmp_path: Path) -> None:
     assert run(run_config(*overrides), tmp_path / "first").summary["unreadable"] == 1  # cached, unreadable included
     with pytest.raises(UserError, match=r"unreadable image cat/broken.png .*; strict=true stops here"):
         run(run_config(*overrides, "strict=true"), tmp_path / "strict")
+
+
+def _entry_files() -> dict[str, bytes]:
+    return {"predictions.npz": b"npz", "predictions.csv": b"csv"}
+
+
+def test_a_run_waits_for_another_computing_the_same_predictions_on_this_machine(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    cache, key = PredictionCache(tmp_path), {"model": "m"}
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live process
+    try:
+        lock = cache.entry(key).with_name(cache.entry(key).name + ".lock")
+        lock.parent.mkdir(parents=True)
+        lock.write_text(f"{socket.gethostname()} {other.pid}")
+        writer = threading.Timer(0.5, lambda: cache.store(key, _entry_files()))
+        writer.start()
+        claim, found = cache.claim(key, poll=0.05)  # returns only once the other run's entry is there
+        writer.join()
+    finally:
+        other.kill()
+        other.wait()
+    assert claim is None and found == _entry_files()
+
+
+def test_a_claim_whose_holder_died_is_taken_over_and_released(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    cache, key = PredictionCache(tmp_path), {"model": "m"}
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = cache.entry(key).with_name(cache.entry(key).name + ".lock")
+    lock.parent.mkdir(parents=True)
+    lock.write_text(f"{socket.gethostname()} {gone.stdout.strip()}")
+    claim, found = cache.claim(key, poll=0.05)
+    assert found is None and claim is not None and claim.lock == lock
+    assert lock.read_text() == f"{socket.gethostname()} {os.getpid()}"
+    claim.release()
+    assert not lock.exists()
+    lock.write_text("another-machine 1")  # a holder elsewhere cannot be watched: no wait, no claim
+    assert cache.claim(key, poll=0.05) == (None, None)
