@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import traceback
 from collections.abc import Sequence
@@ -158,6 +159,10 @@ def _run(argv: list[str]) -> int:
     run_dir = _override_value(argv, "hydra.run.dir")
     if run_dir and world.main:  # a folder that another run is writing, refused before Hydra writes its config there
         refuse_if_held(Path(run_dir).expanduser().resolve())
+    launcher = _override_value(argv, "hydra/launcher")
+    if launcher in ("slurm", "submitit_slurm") and shutil.which("sbatch") is None:
+        raise UserError(f"hydra/launcher={launcher} submits the sweep to SLURM, but this machine has no sbatch: "
+                        "run it where SLURM is (a login node), or use hydra/launcher=submitit_local or joblib here")
     existing = Path(run_dir).expanduser().resolve() if run_dir and Path(run_dir).expanduser().exists() else None
     app = _hydra_app(existing)
     saved_argv = sys.argv
@@ -493,6 +498,10 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config"):
         if group in GROUPS:
             options = error.options or [path.stem for path in (config_dir() / group).glob("*.yaml")]
             raise unknown_name(group, name, options, f"cnnvis list {group}s") from error
+        if group == "hydra/launcher":
+            raise UserError(f"no launcher named {name!r}: Hydra's launchers come with pip install "
+                            "'cnnvis[cluster]' (joblib, submitit_local, submitit_slurm, and cnnvis's slurm "
+                            "preset)") from error
         raise UserError(first_line(str(error))) from error
     except ConfigCompositionException as error:
         raise _composition_error(error) from error

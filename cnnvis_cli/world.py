@@ -304,7 +304,8 @@ def place_from_env(env: dict[str, str] | None = None) -> Place | None:
 
         job = TorchDistributedEnvironment()
         return Place(job.rank, job.world_size, job.local_rank, job.master_addr, job.master_port)
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
+    # srun's tasks (a job step), not the batch script or an salloc shell, which set SLURM_NTASKS too
+    if "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
         host = env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "")))
         port = int(env.get("MASTER_PORT") or 20000 + int(env["SLURM_JOB_ID"]) % 20000)
         return Place(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0")),

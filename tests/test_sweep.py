@@ -46,6 +46,7 @@ def test_a_submitit_local_sweep(tmp_path: Path) -> None:
 def test_the_slurm_preset_asks_submitit_for_one_node_of_gpus_one_process_each(tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("cnnvis_cli.cli.shutil.which", lambda name: f"/usr/bin/{name}")  # as on a login node
     with mock.patch("submitit.AutoExecutor") as executor:  # no cluster here: what would be submitted
         assert main(["run", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
                      "hydra.launcher.gpus_per_node=4", "technique=gradcam,scorecam"]) == 0
@@ -57,3 +58,16 @@ def test_the_slurm_preset_asks_submitit_for_one_node_of_gpus_one_process_each(tm
     assert (asked["nodes"], asked["timeout_min"], asked["cpus_per_task"]) == (1, 240, 8)
     _launcher, *per_job = executor.return_value.map_array.call_args.args
     assert len(per_job[0]) == 2  # one array task per sweep job
+
+
+def test_a_slurm_sweep_where_there_is_no_slurm_and_an_unknown_launcher_say_what_to_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("cnnvis_cli.cli.shutil.which", lambda name: None)
+    assert main(["run", "-m", "hydra/launcher=slurm", "technique=gradcam,scorecam"]) == 2
+    assert capsys.readouterr().err == (
+        "cnnvis: error: hydra/launcher=slurm submits the sweep to SLURM, but this machine has no sbatch: run it "
+        "where SLURM is (a login node), or use hydra/launcher=submitit_local or joblib here\n")
+    assert main(["run", "-m", "hydra/launcher=ray", "technique=gradcam,scorecam"]) == 2
+    assert "pip install 'cnnvis[cluster]'" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()

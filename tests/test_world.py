@@ -65,14 +65,16 @@ def test_place_from_torchrun_and_slurm_environments() -> None:
     torchrun = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node7", "MASTER_PORT": "29400",
                 "TORCHELASTIC_USE_AGENT_STORE": "True"}
     assert place_from_env(torchrun) == Place(3, 4, 1, "node7", 29400, True)
-    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",
-             "SLURM_JOB_NODELIST": "gpu[003-004]"}
+    slurm = {"SLURM_STEP_ID": "0", "SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+             "SLURM_JOB_ID": "123456", "SLURM_JOB_NODELIST": "gpu[003-004]"}
     place = place_from_env(slurm)
     assert (place.rank, place.size, place.local_rank, place.host) == (5, 8, 1, "gpu003")
     assert place_from_env({**slurm, "MASTER_PORT": "29500"}).port == 29500  # the user's port wins
     assert place_from_env({}) is None  # one process
     assert place_from_env({"RANK": "0", "WORLD_SIZE": "1"}) is None
     assert place_from_env({**slurm, "SLURM_NTASKS": "1"}) is None
+    batch_script = {key: value for key, value in slurm.items() if key != "SLURM_STEP_ID"}
+    assert place_from_env(batch_script) is None  # `cnnvis run` in an sbatch script without srun: one process
 
 
 def test_first_host_of_a_slurm_node_list() -> None:
@@ -232,3 +234,22 @@ def test_a_killed_rank_stops_the_run_with_one_line_and_resume_finishes_it(tmp_pa
     whole = cnnvis("run", *SLOW_RUN, "hydra.run.dir=whole", cwd=tmp_path, env=ONE_THREAD)
     assert whole.returncode == 0, whole.stderr
     _same_run(tmp_path / "whole", run_dir)
+
+
+@pytest.mark.slow
+def test_an_unreadable_image_on_any_rank_is_recorded_in_the_one_errors_csv(tmp_path: Path) -> None:
+    from helpers import write_image_folder
+
+    images = write_image_folder(tmp_path / "images", {"cat": 4, "dog": 5})
+    (images / "dog" / "img_9.png").write_bytes(b"not an image")  # the last file: rank 1's shard
+    (images / "cat" / "img_0.png").write_bytes(b"")  # the first: rank 0's
+    environment = {**ONE_THREAD, "PYTHONPATH": str(Path(__file__).parent)}
+    result = cnnvis("run", "model=custom", "model.factory=helpers:tiny_classifier", "model.num_classes=2",
+                    "model.input_size=32", "dataset=imagefolder", f"dataset.root={images}", "technique=gradcam",
+                    "devices=2", "progress=false", "cache=null", "hydra.run.dir=run", cwd=tmp_path, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = _rows(tmp_path / "run" / "errors.csv")
+    assert [row[1] for row in errors[1:]] == ["cat/img_0.png", "dog/img_9.png"]
+    assert len(_rows(tmp_path / "run" / "predictions.csv")) == 1 + 8
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["samples"], summary["unreadable"], summary["processes"]) == (8, 2, 2)
