@@ -1,6 +1,6 @@
 """One run over 1 and over 2 processes on this machine: wall time and scaling efficiency.
 
-    python benchmarks/scaling.py [--images 96] [--rounds 2]
+    python benchmarks/scaling.py [--images 96] [--rounds 2] [--only Grad-CAM]
 
 Each process gets one thread (OMP_NUM_THREADS=1, render.threads=0, dataset.num_workers=0), so two processes
 use two cores without sharing them. The jobs: a random resnet18 over a folder of JPEGs (written by
@@ -38,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only", choices=list(JOBS), help="one job instead of both")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cnnvis-scaling-"))
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -46,6 +47,8 @@ def main() -> None:
     print("| job | images | 1 process (s) | 2 processes (s) | speed-up | efficiency |")
     print("|---|---|---|---|---|---|")
     for job, (fraction, technique) in JOBS.items():
+        if args.only and job != args.only:
+            continue
         images = work / f"images-{fraction}"
         images.mkdir()
         write_images(images, args.images // fraction)

@@ -189,39 +189,42 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
         if cache and key and cached is None and not (cfg.resume and (run_dir.root / PREDICTIONS_NPZ).is_file()):
             claim, cached = cache.claim(key)  # or another run's predictions, computed while this one waited
         predictions, cached = _stored_predictions(cfg, run_dir, cache, key, cached)
-    shared = None
-    if world.share(predictions is None):  # rank 0 found no predictions to reuse: every rank predicts its shard
-        cells = sum(layer.shape[-2] * layer.shape[-1] for layer in loaded.layers if layer.name in layers)
-        if worth_sharing(cfg.selection, len(indices), techniques, parsed_targets, cells,
-                         cfg.amp and device.type == "cuda"):
-            shared = SharedForward(techniques, parsed_targets, keep_k)
+    try:
+        shared = None
+        if world.share(predictions is None):  # rank 0 found no predictions to reuse: every rank predicts its shard
+            cells = sum(layer.shape[-2] * layer.shape[-1] for layer in loaded.layers if layer.name in layers)
+            if worth_sharing(cfg.selection, len(indices), techniques, parsed_targets, cells,
+                             cfg.amp and device.type == "cuda"):
+                shared = SharedForward(techniques, parsed_targets, keep_k)
+                if world.main:
+                    log.info("every sample is explained: the inference pass also computes the maps of %s",
+                             ", ".join(technique.name for technique in techniques))
+            mine = shard(len(indices), world.size, world.rank)
+            part_csv = "predictions.csv" if world.size == 1 else f"{RANKS_DIR}/{world.rank}/predictions.csv"
+            with run_dir.csv_stream(part_csv, prediction_header(cfg.topk, source.extra_columns)) as csv:
+                part = predict(
+                    loaded.module, loader([indices[i] for i in mine], cfg.dataset.batch_size), loaded.preprocess,
+                    device,
+                    class_names=class_names, topk=cfg.topk, keep_k=keep_k, tracked=tracked, csv=csv,
+                    extra_columns=source.extra_columns, amp=cfg.amp, total=len(mine),
+                    show_progress=cfg.progress and world.main, sample_id=source.sample_id, strict=cfg.strict,
+                    forward=shared,
+                )
+            parts = world.gather((part, shared.kept if shared is not None else None))
             if world.main:
-                log.info("every sample is explained: the inference pass also computes the maps of %s",
-                         ", ".join(technique.name for technique in techniques))
-        mine = shard(len(indices), world.size, world.rank)
-        part_csv = "predictions.csv" if world.size == 1 else f"{RANKS_DIR}/{world.rank}/predictions.csv"
-        with run_dir.csv_stream(part_csv, prediction_header(cfg.topk, source.extra_columns)) as csv:
-            part = predict(
-                loaded.module, loader([indices[i] for i in mine], cfg.dataset.batch_size), loaded.preprocess, device,
-                class_names=class_names, topk=cfg.topk, keep_k=keep_k, tracked=tracked, csv=csv,
-                extra_columns=source.extra_columns, amp=cfg.amp, total=len(mine),
-                show_progress=cfg.progress and world.main, sample_id=source.sample_id, strict=cfg.strict,
-                forward=shared,
-            )
-        parts = world.gather((part, shared.kept if shared is not None else None))
-        if world.main:
-            predictions = concat_predictions([predicted for predicted, _ in parts])
-            if world.size > 1:
-                _merge_csv_parts(run_dir, "predictions.csv", world.size)
-            if shared is not None:
-                kept = _merged_kept([maps for _, maps in parts])
-                run_dir.write_bytes(KEPT_FILE, kept_bytes(kept))
-            _write_errors(run_dir, predictions)
-            run_dir.write_bytes(PREDICTIONS_NPZ, predictions_bytes(predictions))
-            if cache and key:
-                cache.store(key, {name: run_dir.path(name).read_bytes() for name in FILES})
-    if claim is not None:
-        claim.release()
+                predictions = concat_predictions([predicted for predicted, _ in parts])
+                if world.size > 1:
+                    _merge_csv_parts(run_dir, "predictions.csv", world.size)
+                if shared is not None:
+                    kept = _merged_kept([maps for _, maps in parts])
+                    run_dir.write_bytes(KEPT_FILE, kept_bytes(kept))
+                _write_errors(run_dir, predictions)
+                run_dir.write_bytes(PREDICTIONS_NPZ, predictions_bytes(predictions))
+                if cache and key:
+                    cache.store(key, {name: run_dir.path(name).read_bytes() for name in FILES})
+    finally:
+        if claim is not None:  # also when the inference failed: a parallel job waiting for it computes itself
+            claim.release()
     if world.main and cfg.resume and kept is None and (run_dir.root / KEPT_FILE).is_file():
         kept = kept_from_bytes(run_dir.path(KEPT_FILE).read_bytes())  # the maps the first run drew from
         if kept is None:

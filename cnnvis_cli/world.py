@@ -104,7 +104,7 @@ class World:
 
         self.meet()
         gathered: list[Any] | None = [None] * self.size if self.main else None
-        dist.gather_object(value, gathered, dst=0, group=self.group)
+        dist.gather_object(value, gathered, dst=0, group=self._process_group())
         return gathered
 
     def share(self, value: Any = None) -> Any:
@@ -115,7 +115,7 @@ class World:
 
         self.meet()
         box = [value]
-        dist.broadcast_object_list(box, src=0, group=self.group)
+        dist.broadcast_object_list(box, src=0, group=self._process_group())
         return box[0]
 
     def scatter(self, values: list[Any] | None) -> Any:
@@ -126,8 +126,22 @@ class World:
 
         self.meet()
         box: list[Any] = [None]
-        dist.scatter_object_list(box, values if self.main else None, src=0, group=self.group)
+        dist.scatter_object_list(box, values if self.main else None, src=0, group=self._process_group())
         return box[0]
+
+    def _process_group(self) -> Any:
+        """The group for objects, formed at the first exchange (after a meeting: every rank is there), so
+        that a process starts its own work while the others are still starting."""
+        if self.group is None:
+            import torch
+            import torch.distributed as dist
+
+            if self.backend == "nccl":
+                torch.cuda.set_device(self.local_rank % torch.cuda.device_count())
+            dist.init_process_group(self.backend, store=dist.PrefixStore("pg", self.store), rank=self.rank,
+                                    world_size=self.size, timeout=timedelta(minutes=10))
+            self.group = dist.new_group(backend="gloo") if self.backend == "nccl" else dist.group.WORLD
+        return self.group
 
     def fail(self, message: str) -> None:
         """Tell the other processes that this one stopped, and why (they stop too, naming it)."""
@@ -323,8 +337,8 @@ def first_host(nodelist: str) -> str:
 
 
 def join(place: Place, timeout: float, children: dict[int, Any] | None = None) -> World:
-    """Connect this process to the run's others: the store, the process group (NCCL where CUDA is here,
-    gloo otherwise; objects always go over gloo) and the watchdog."""
+    """Connect this process to the run's others: the store and the watchdog now, the process group (NCCL
+    where CUDA is here, gloo otherwise; objects always go over gloo) at the first exchange."""
     import torch
     import torch.distributed as dist
 
@@ -336,13 +350,7 @@ def join(place: Place, timeout: float, children: dict[int, Any] | None = None) -
     store = dist.PrefixStore("cnnvis-run", connect(master=hosts))
     watchdog = Watchdog(lambda: dist.PrefixStore("cnnvis-run", connect()), place.rank, place.size, timeout, children)
     world = World(place.rank, place.size, place.local_rank, store, None, None, timeout, watchdog)
-    world.meet()  # everyone is here (or the watchdog says who is not) before the process group forms
     world.backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
-    if world.backend == "nccl":
-        torch.cuda.set_device(place.local_rank % torch.cuda.device_count())
-    dist.init_process_group(world.backend, store=dist.PrefixStore("pg", store), rank=place.rank,
-                            world_size=place.size, timeout=timedelta(minutes=10))
-    world.group = dist.new_group(backend="gloo") if world.backend == "nccl" else dist.group.WORLD
     return world
 
 
