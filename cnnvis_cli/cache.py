@@ -111,13 +111,23 @@ class PredictionCache:
         machine is computing them already (a sweep's parallel jobs), its entry once written (waiting for it).
         A claim whose holder died is taken over; one held on another machine is not waited for."""
         lock = self.entry(key).with_name(self.entry(key).name + ".lock")
-        said = False
+        said, empty_since = False, None
         while True:
             try:
                 lock.parent.mkdir(parents=True, exist_ok=True)
                 descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                host, _, pid = lock.read_text().partition(" ") if lock.is_file() else ("", "", "")
+                try:
+                    host, _, pid = lock.read_text().partition(" ")
+                except FileNotFoundError:
+                    continue  # released as we looked
+                if not host:  # claimed this instant, its holder not yet written (or killed right then)
+                    empty_since = empty_since or time.monotonic()
+                    if time.monotonic() - empty_since > 10:
+                        lock.unlink(missing_ok=True)
+                    else:
+                        time.sleep(poll)
+                    continue
                 if host != socket.gethostname():
                     return None, None  # its holder cannot be watched from here: compute beside it
                 if not pid.strip().isdigit() or not alive(int(pid)):

@@ -191,7 +191,7 @@ def rank_overrides(argv: list[str], world) -> list[str]:
     multirun = "-m" in argv or "--multirun" in argv
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = _override_value(argv, key)
-    folder = world.share(given or _resolved(argv, key) if world.main else None)
+    folder = world.announce(given or _resolved(argv, key) if world.main else None)
     argv = [*argv, f"{key}={_hydra_string(key, folder)}"] if not given else argv
     if world.main:
         return argv
@@ -309,12 +309,12 @@ def _hydra_app(existing: Path | None = None):
 
         output_dir = Path(HydraConfig.get().runtime.output_dir)
         owned = not processes.joined()  # a launcher's job (submitit's tasks) joins here, and leaves at its end
-        world = processes.current()
+        world = processes.current(float(cfg.get("rank_timeout", 60)))
         spawned, failed = None, True
         try:
             run_config = load_run_config(cfg)
             if world.size > 1:  # a launcher's processes (under submitit, each resolved its own folder)
-                output_dir = Path(world.share(str(output_dir)))
+                output_dir = Path(world.announce(str(output_dir)))
             elif run_config.devices > 1:
                 check_devices(run_config)
                 world = spawned = processes.spawn(run_config.devices, run_config.rank_timeout, run_as_rank,

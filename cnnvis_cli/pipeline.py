@@ -53,6 +53,7 @@ from cnnvis_cli.inference import (
 )
 from cnnvis_cli.metrics import METRICS_FILE, MetricRecorder, finished_rows
 from cnnvis_cli.models import LoadedModel, load_model, resolve_target_layer
+from cnnvis_cli.output import stdout_to_stderr
 from cnnvis_cli.patterns import MAPS_FILE, MAPS_HEADER, MapCollector, find_patterns, finished_maps
 from cnnvis_cli.progress import share_progress
 from cnnvis_cli.report import write_report
@@ -112,6 +113,8 @@ def run(cfg: RunConfig, output_dir: Path, world: World = SINGLE) -> RunResult:
             return _run(cfg, run_dir, stages, world)
     except (KeyboardInterrupt, RankFailed) as stop:
         reason = str(stop) if isinstance(stop, RankFailed) else world.watchdog.failure if world.watchdog else None
+        if reason is None:
+            world.fail("interrupted (Ctrl-C)")  # the other ranks stop now, not at their heartbeat timeout
         if world.main:
             run_dir.write_json("summary.json", {
                 "status": "interrupted", "interrupted_in": stages.current, "reason": reason or "interrupted",
@@ -120,6 +123,8 @@ def run(cfg: RunConfig, output_dir: Path, world: World = SINGLE) -> RunResult:
                 "seconds": stages.seconds, "resume": f"cnnvis run resume={run_dir.root}",
             })
         raise Interrupted(run_dir.root, reason) from None
+    finally:
+        share_progress(None)
 
 
 def run_as_rank(world: World, cfg: RunConfig, output_dir: Path) -> None:
@@ -133,13 +138,15 @@ def run_as_rank(world: World, cfg: RunConfig, output_dir: Path) -> None:
         handler.setLevel(level)
         handler.setFormatter(logging.Formatter(f"[%(asctime)s][rank {world.rank}][%(levelname)s] %(message)s"))
         root.addHandler(handler)
-    run(cfg, output_dir, world)
+    with stdout_to_stderr():  # standard output is rank 0's: the run directory, or the JSON lines
+        run(cfg, output_dir, world)
 
 
 def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunResult:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     device = device_of_rank(resolve_device(cfg.device), world.local_rank)
+    world.use(device)
     if world.size > 1:
         log.info("%s: process %d on %s", world.label, os.getpid(), device)
     source = open_source(cfg.dataset)
@@ -161,7 +168,7 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
     # the label test's model is loaded now (on the CPU until the test), so that a file that does not fit stops
     # the run before any work
     shuffled = load_model(replace(cfg.model, checkpoint=cfg.sanity_label_model)).module \
-        if cfg.sanity and cfg.sanity_label_model else None
+        if cfg.sanity and cfg.sanity_label_model and world.main else None
     for layer in loaded.layers:
         if layer.name in layers and layer.calls > 1 and any(t.uses_layers for t in techniques):
             log.warning("layer %s is one module called %d times per forward pass (a shared activation, say); the "
@@ -185,11 +192,11 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
         if cache and world.main else None
     cached = cache.load(key) if cache and key else None
     predictions = kept = claim = None
-    if world.main:
-        if cache and key and cached is None and not (cfg.resume and (run_dir.root / PREDICTIONS_NPZ).is_file()):
-            claim, cached = cache.claim(key)  # or another run's predictions, computed while this one waited
-        predictions, cached = _stored_predictions(cfg, run_dir, cache, key, cached)
     try:
+        if world.main:
+            if cache and key and cached is None:
+                claim, cached = cache.claim(key)  # or another run's predictions, computed while this one waited
+            predictions, cached = _stored_predictions(cfg, run_dir, cache, key, cached)
         shared = None
         if world.share(predictions is None):  # rank 0 found no predictions to reuse: every rank predicts its shard
             cells = sum(layer.shape[-2] * layer.shape[-1] for layer in loaded.layers if layer.name in layers)
@@ -285,7 +292,6 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
             source=source, show_progress=cfg.progress and world.main, recorder=recorder, collector=collector,
             kept=kept,
         ) if todo or world.size > 1 else []  # (a rank with nothing to do still says so to the bar)
-        share_progress(None)
         if not world.main:
             stack.close()  # the other ranks' parts are whole before rank 0 reads them
         everyone = world.gather(fresh)
@@ -300,6 +306,7 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
                 entries = [entry for found in finished_maps(part).values() for entry in found]
                 if entries:
                     collector.keep(torch.stack([shrunk for _, shrunk in entries]), [entry for entry, _ in entries])
+    shutil.rmtree(run_dir.root / RANKS_DIR, ignore_errors=True)  # all in rank 0's files now: read once, not twice
     by_row = {**finished.explained, **{item.case.row: item for item in fresh}}
     explained = [by_row[case.row] for case in selection.cases]
     # in selection order, then technique order, whichever rank or batch made a row (the same for any world)
@@ -332,7 +339,6 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
                                             cfg.seed, lambda path, data: (run_dir.write_bytes(path, data), path)[1])
     if cfg.report:
         write_report(run_dir.root, summary)
-    shutil.rmtree(run_dir.root / RANKS_DIR, ignore_errors=True)  # merged into rank 0's files
     stages.finish("done")
     summary["seconds"] = {**stages.seconds, "total": round(sum(stages.seconds.values()), 3)}
     run_dir.write_json("summary.json", summary)

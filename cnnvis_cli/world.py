@@ -77,6 +77,7 @@ class World:
     backend: str | None = None  # the default process group's: nccl where every rank has a GPU, else gloo
     timeout: float = 60.0
     watchdog: Watchdog | None = None
+    threads: int | None = None  # `spawn`'s rank 0: torch's threads before the run split the cores
     _meetings: int = field(default=0, repr=False)
 
     @property
@@ -118,6 +119,19 @@ class World:
         dist.broadcast_object_list(box, src=0, group=self._process_group())
         return box[0]
 
+    def announce(self, text: str | None = None) -> str | None:
+        """Rank 0's `text`, on every process, through the store alone: before the run knows its device,
+        and so the process group's backend (the run directory, chosen before Hydra starts the run)."""
+        if self.size == 1:
+            return text
+        self._meetings += 1
+        key = f"cnnvis/announced/{self._meetings}"
+        if self.main:
+            self.store.set(key, (text or "").encode())
+        else:
+            self._wait([key])
+        return self.store.get(key).decode() or None
+
     def scatter(self, values: list[Any] | None) -> Any:
         """Rank 0's `values[rank]`, on each rank."""
         if self.size == 1:
@@ -128,6 +142,13 @@ class World:
         box: list[Any] = [None]
         dist.scatter_object_list(box, values if self.main else None, src=0, group=self._process_group())
         return box[0]
+
+    def use(self, device: Any) -> None:
+        """The process group's backend for the run's device: NCCL when the ranks run on GPUs, else gloo."""
+        if self.size > 1 and self.group is None:
+            import torch.distributed as dist
+
+            self.backend = "nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo"
 
     def _process_group(self) -> Any:
         """The group for objects, formed at the first exchange (after a meeting: every rank is there), so
@@ -195,6 +216,7 @@ class StoreBoard:
         self.prefix = f"cnnvis/progress/{world._meetings}"  # the same on every rank, new for each run
         self.wholes = wholes if wholes is not None else {}
         self._posted = 0.0
+        self._read: dict[str, tuple[float, float]] = {}
 
     def post(self, kind: str, completed: float, done: bool = False) -> None:
         now = time.monotonic()
@@ -206,8 +228,12 @@ class StoreBoard:
             self.store.add(f"{self.prefix}/{kind}/done", 1)
 
     def others(self, kind: str) -> float:
-        keys = [f"{self.prefix}/{kind}/{rank}" for rank in range(self.size) if rank != self.rank]
-        return sum(float(self.store.get(key)) for key in keys if self.store.check([key]))
+        last, value = self._read.get(kind, (-1.0, 0.0))
+        if time.monotonic() - last >= 0.1:  # at most ten reads a second, however often the bar moves
+            keys = [f"{self.prefix}/{kind}/{rank}" for rank in range(self.size) if rank != self.rank]
+            value = sum(float(self.store.get(key)) for key in keys if self.store.check([key]))
+            self._read[kind] = (time.monotonic(), value)
+        return value
 
     def whole(self, kind: str) -> float | None:
         return self.wholes.get(kind)
@@ -338,8 +364,7 @@ def first_host(nodelist: str) -> str:
 
 def join(place: Place, timeout: float, children: dict[int, Any] | None = None) -> World:
     """Connect this process to the run's others: the store and the watchdog now, the process group (NCCL
-    where CUDA is here, gloo otherwise; objects always go over gloo) at the first exchange."""
-    import torch
+    where the run is on GPUs, gloo otherwise; `World.use`) at the first exchange."""
     import torch.distributed as dist
 
     def connect(wait_for_workers: bool = False, master: bool = False):
@@ -349,9 +374,7 @@ def join(place: Place, timeout: float, children: dict[int, Any] | None = None) -
     hosts = place.rank == 0 and not place.store_hosted_by_launcher
     store = dist.PrefixStore("cnnvis-run", connect(master=hosts))
     watchdog = Watchdog(lambda: dist.PrefixStore("cnnvis-run", connect()), place.rank, place.size, timeout, children)
-    world = World(place.rank, place.size, place.local_rank, store, None, None, timeout, watchdog)
-    world.backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
-    return world
+    return World(place.rank, place.size, place.local_rank, store, None, "gloo", timeout, watchdog)
 
 
 _joined: World | None = None
@@ -405,14 +428,25 @@ def spawn(size: int, timeout: float, target, *args: Any) -> World:
         place = Place(rank, size, rank, "127.0.0.1", port)
         children[rank] = context.Process(target=_child, args=(place, timeout, target, args), name=f"cnnvis-rank{rank}")
         children[rank].start()
+    try:
+        world = join(Place(0, size, 0, "127.0.0.1", port), timeout, children)
+    except BaseException:
+        for process in children.values():
+            process.terminate()
+        raise
+    world.threads = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
-    return join(Place(0, size, 0, "127.0.0.1", port), timeout, children)
+    return world
 
 
 def leave(world: World, failed: bool = False) -> None:
     """The end of a `spawn`ed run for rank 0: the other ranks leave with it, or are stopped when the run
     failed; none is left behind."""
+    import torch
+
     children = world.watchdog.children if world.watchdog else {}
+    if failed and world.watchdog is not None:
+        world.watchdog.stop()  # no interruption of the clean-up below
     if world.watchdog is not None and world.watchdog.failure is None and all(
             process.exitcode in (None, 0) for process in children.values()) and not failed:
         world.close()
@@ -423,6 +457,8 @@ def leave(world: World, failed: bool = False) -> None:
             process.join(timeout=10)
     if world.watchdog is not None:
         world.watchdog.stop()
+    if world.threads:
+        torch.set_num_threads(world.threads)  # as before the run: a sweep's next job runs in this process
 
 
 def _child(place: Place, timeout: float, target, args: tuple) -> None:
