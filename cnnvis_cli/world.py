@@ -17,6 +17,7 @@ import _thread
 import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -212,7 +213,7 @@ class StoreBoard:
     `wholes`, rank 0's, says how many items each stage of the whole run has."""
 
     def __init__(self, world: World, wholes: dict[str, float] | None = None) -> None:
-        self.rank, self.size, self.store = world.rank, world.size, world.store
+        self.world, self.rank, self.size, self.store = world, world.rank, world.size, world.store
         self.prefix = f"cnnvis/progress/{world._meetings}"  # the same on every rank, new for each run
         self.wholes = wholes if wholes is not None else {}
         self._posted = 0.0
@@ -239,6 +240,9 @@ class StoreBoard:
         return self.wholes.get(kind)
 
     def finished(self, kind: str) -> bool:
+        watchdog = self.world.watchdog
+        if watchdog is not None and watchdog.failure:
+            raise RankFailed(watchdog.failure)  # a rank that stopped will never finish
         return self.store.add(f"{self.prefix}/{kind}/done", 0) >= self.size
 
 
@@ -297,13 +301,29 @@ class Watchdog:
             return
         self.failure = reason
         log.error("%s; stopping", reason)
-        _thread.interrupt_main()
+        # SIGINT may be ignored (a job started in the background inherits that): a signal of our own
+        _thread.interrupt_main(STOP_SIGNAL if _stop_handler_installed() else signal.SIGINT)
+
+
+STOP_SIGNAL = getattr(signal, "SIGUSR1", signal.SIGINT)  # what the watchdog sends the main thread: stop as on Ctrl-C
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_handler_installed() -> bool:
+    return signal.getsignal(STOP_SIGNAL) is _raise_interrupt
+
+
+def _install_stop_handler() -> None:
+    """Let the watchdog stop the main thread whatever happens to SIGINT (only the main thread may do this)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(STOP_SIGNAL, _raise_interrupt)
 
 
 def _exit_reason(code: int) -> str:
     if code < 0:
-        import signal
-
         try:
             name = signal.Signals(-code).name
         except ValueError:
@@ -371,6 +391,7 @@ def join(place: Place, timeout: float, children: dict[int, Any] | None = None) -
         return dist.TCPStore(place.host, place.port, place.size, is_master=master, timeout=timedelta(minutes=10),
                              wait_for_workers=wait_for_workers)
 
+    _install_stop_handler()
     hosts = place.rank == 0 and not place.store_hosted_by_launcher
     store = dist.PrefixStore("cnnvis-run", connect(master=hosts))
     watchdog = Watchdog(lambda: dist.PrefixStore("cnnvis-run", connect()), place.rank, place.size, timeout, children)
@@ -404,7 +425,6 @@ def forget() -> None:
 
 def _stop_on_sigterm(world: World) -> None:
     """torchrun (and SLURM) stop every rank with SIGTERM when one fails: stop as on Ctrl-C, saying why."""
-    import signal
 
     def stop(signum: int, frame: Any) -> None:
         if world.watchdog is not None and world.watchdog.failure is None:
