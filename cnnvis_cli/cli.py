@@ -146,7 +146,11 @@ def resume_overrides(argv: list[str]) -> list[str]:
 def _run(argv: list[str]) -> int:
     register_schema()
     argv = prepare_overrides(resume_overrides(argv))  # a resumed run's saved overrides are prepared alike
-    check_overrides(argv)
+    launcher = _override_value(argv, "hydra/launcher")
+    if launcher in ("slurm", "submitit_slurm") and shutil.which("sbatch") is None:
+        raise UserError(f"hydra/launcher={launcher} submits the sweep to SLURM, but this machine has no sbatch: "
+                        "run it where SLURM is (a login node), or use hydra/launcher=submitit_local or joblib here")
+    check_overrides(argv)  # after the cheap refusals: it composes every value of a sweep
     for key in ("hydra.run.dir", "hydra.sweep.dir"):
         folder = _override_value(argv, key)
         if folder:
@@ -159,10 +163,6 @@ def _run(argv: list[str]) -> int:
     run_dir = _override_value(argv, "hydra.run.dir")
     if run_dir and world.main:  # a folder that another run is writing, refused before Hydra writes its config there
         refuse_if_held(Path(run_dir).expanduser().resolve())
-    launcher = _override_value(argv, "hydra/launcher")
-    if launcher in ("slurm", "submitit_slurm") and shutil.which("sbatch") is None:
-        raise UserError(f"hydra/launcher={launcher} submits the sweep to SLURM, but this machine has no sbatch: "
-                        "run it where SLURM is (a login node), or use hydra/launcher=submitit_local or joblib here")
     existing = Path(run_dir).expanduser().resolve() if run_dir and Path(run_dir).expanduser().exists() else None
     app = _hydra_app(existing)
     saved_argv = sys.argv
