@@ -1,7 +1,5 @@
 """`python -m cnnvis_cli` is the `cnnvis` command."""
 
-import sys
+from cnnvis_cli.cli import command_line
 
-from cnnvis_cli.cli import main
-
-sys.exit(main())
+command_line()

@@ -19,6 +19,7 @@ from pathlib import Path
 from cnnvis_cli import __version__
 from cnnvis_cli.errors import UserError, first_line, for_terminal, unknown_name
 from cnnvis_cli.output import drop_stdout, emit, stdout_to_stderr
+from cnnvis_cli.quick_exit import quick_exit
 from cnnvis_cli.run_dir import discard_unused, refuse_if_held
 
 GROUPS = ("model", "dataset", "selection", "technique")
@@ -78,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f"; finish it with: cnnvis run resume={run_dir}" if run_dir else ""
         print(f"cnnvis: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def command_line() -> None:
+    """The `cnnvis` command: `main`, then the process ends without the interpreter's slow teardown."""
+    quick_exit(main())
 
 
 def _command(command: str, rest: list[str]) -> int:

@@ -50,6 +50,8 @@ class ModelConfig:
     interpolation: str | None = None  # resize: bilinear | bicubic | nearest | nearest-exact; null: the model's own
     mean: list[float] | None = None
     std: list[float] | None = None
+    channels_last: bool | None = None  # store feature maps channels-last; null: on the CPU for the zoo's convnets
+
 
 
 @dataclass

@@ -52,7 +52,7 @@ from cnnvis_cli.inference import (
     refuse_unreadable,
 )
 from cnnvis_cli.metrics import METRICS_FILE, MetricRecorder, finished_rows
-from cnnvis_cli.models import LoadedModel, load_model, resolve_target_layer
+from cnnvis_cli.models import LoadedModel, load_model, place_model, resolve_target_layer
 from cnnvis_cli.output import stdout_to_stderr
 from cnnvis_cli.patterns import MAPS_FILE, MAPS_HEADER, MapCollector, find_patterns, finished_maps
 from cnnvis_cli.progress import share_progress
@@ -151,7 +151,7 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
         log.info("%s: process %d on %s", world.label, os.getpid(), device)
     source = open_source(cfg.dataset)
     loaded = load_model(cfg.model)
-    loaded.module.to(device)
+    place_model(loaded, device, cfg.model)
     class_names = _class_names(loaded, source.class_names)
     label_map = label_mapping(source, loaded.class_names, loaded.num_classes)
     _check_labels(source.highest_label(), len(label_map) if label_map is not None else loaded.num_classes)

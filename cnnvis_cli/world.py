@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from cnnvis_cli.quick_exit import quick_exit
+
 log = logging.getLogger("cnnvis")
 
 POLL = 0.05  # seconds between looks at the store while waiting at a meeting
@@ -496,7 +498,7 @@ def _child(place: Place, timeout: float, target, args: tuple) -> None:
         world.fail(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": "))
         raise
     world.close()
-
+    quick_exit(0)  # rank 0 waits for this process to end
 
 def _free_port() -> int:
     import socket

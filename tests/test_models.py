@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from cnnvis_cli.config import ModelConfig
 from cnnvis_cli.errors import UserError
-from cnnvis_cli.models import imagenet_class_names, inspect_layers, load_model, read_checkpoint
+from cnnvis_cli.models import imagenet_class_names, inspect_layers, load_model, place_model, read_checkpoint
 
 EXPECTED_TARGET_LAYERS = {  # the last layer whose output is a spatial map, for each shipped architecture
     "alexnet": "features", "vgg16": "features", "vgg19_bn": "features", "resnet18": "layer4",
@@ -126,3 +126,38 @@ def test_custom_factory_with_kwargs_and_imagenet_names() -> None:
 def test_class_names_that_do_not_fit_the_outputs() -> None:
     with pytest.raises(UserError, match="has 1000 outputs but 2 class names"):
         load_model(ModelConfig(name="resnet18", weights=None, class_names=["a", "b"]))
+
+
+def _channels_last(loaded) -> bool:
+    weight = next(p for p in loaded.module.parameters() if p.ndim == 4)
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+@pytest.mark.parametrize(("config", "setting", "device", "expected"), [
+    (ModelConfig(name="resnet18", weights=None), None, "cpu", True),  # a convnet of the zoo, on the CPU
+    (ModelConfig(name="demo", source="demo"), None, "cpu", True),
+    (ModelConfig(name="convnext_tiny", weights=None), None, "cpu", False),  # LayerNorm: measured no faster
+    (ModelConfig(name="custom", source="custom", factory="torchvision.models:mobilenet_v3_small"), None, "cpu",
+     False),  # its own code may .view() a feature map
+    (ModelConfig(name="custom", source="custom", factory="torchvision.models:mobilenet_v3_small"), True, "cpu",
+     True),
+    (ModelConfig(name="resnet18", weights=None), False, "cpu", False),
+    (ModelConfig(name="resnet18", weights=None), None, "meta", False),  # not the CPU: unmeasured, left alone
+])
+def test_weights_are_stored_channels_last_where_that_measured_faster(config: ModelConfig, setting: bool | None,
+                                                                      device: str, expected: bool) -> None:
+    config.channels_last = setting
+    loaded = load_model(config)
+    place_model(loaded, torch.device(device), config)
+    assert _channels_last(loaded) is expected
+
+
+def test_channels_last_storage_predicts_what_the_default_layout_does() -> None:
+    config = ModelConfig(name="resnet18", weights=None)
+    torch.manual_seed(0)
+    loaded = load_model(config)
+    images = torch.randn(3, 3, 224, 224)
+    expected = loaded.module(images)
+    place_model(loaded, torch.device("cpu"), config)
+    assert _channels_last(loaded)
+    torch.testing.assert_close(loaded.module(images), expected, rtol=1e-4, atol=1e-4)
