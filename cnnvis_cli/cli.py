@@ -558,6 +558,8 @@ def _list(argv: list[str]) -> int:
         _print_table([(name, technique.summary) for name, technique in TECHNIQUES.items()] + list(PRESETS.items()))
         print("\ncost per image and target:")
         _print_table([(name, technique.cost) for name, technique in TECHNIQUES.items()])
+        print("\nmodels each explains:")
+        _print_table([(name, technique.families) for name, technique in TECHNIQUES.items()])
         return 0
     if what == "analyses":
         from cnnvis_cli.patterns import ANALYSES
@@ -610,19 +612,25 @@ def _list_layers(overrides: list[str]) -> int:
     from cnnvis_cli.models import load_model
 
     cfg = load_run_config(compose(overrides))
-    if cfg.model.source == "torchvision":
+    if cfg.model.source in ("torchvision", "timm"):
         cfg.model.weights = None  # the architecture is enough: no download to list layers
     loaded = load_model(cfg.model)
     layers = loaded.layers
-    print(f"layers of {loaded.name} with a spatial output at {loaded.preprocess.input_size} px "
+    print(f"layers of {loaded.name} with a spatial output at {loaded.preprocess.input_size} px, as C x H x W "
           f"(* = target layer; choose another with model.target_layer=NAME):")
     width = max(len(layer.name) for layer in layers)
     kind_width = max(len(layer.kind) for layer in layers)
     for layer in layers:
         mark = "*" if layer.name == loaded.target_layer else " "
         shape = " x ".join(map(str, layer.shape))
-        shared = f"  called {layer.calls} times per pass: CAMs explain its last call" if layer.calls > 1 else ""
-        print(f"{mark} {layer.name:<{width}}  {layer.kind:<{kind_width}}  {shape}{shared}")
+        notes = [layer.layout.describe(layer.output_shape)] if layer.layout.kind != "nchw" else []
+        if layer.embedding:
+            notes.append("patch embedding, before any attention")
+        elif layer.reaches_output is False:
+            notes.append("no gradient from the scores reaches its grid")
+        if layer.calls > 1:
+            notes.append(f"called {layer.calls} times per pass: CAMs explain its last call")
+        print(f"{mark} {layer.name:<{width}}  {layer.kind:<{kind_width}}  {shape:<14}  {'; '.join(notes)}".rstrip())
     return 0
 
 

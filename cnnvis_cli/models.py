@@ -7,7 +7,9 @@ how to preprocess images for it, its class names when it knows them, and the lay
 from __future__ import annotations
 
 import importlib
+import logging
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,9 @@ from torch import nn
 
 from cnnvis_cli.config import ModelConfig
 from cnnvis_cli.errors import UserError, first_line, unknown_name
+from cnnvis_cli.layouts import NCHW, Layout, is_attention, layout_of, model_prefix_tokens
+
+log = logging.getLogger("cnnvis")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,6 +46,10 @@ class LayerInfo:
     kind: str
     shape: tuple[int, ...]  # of its last call's output
     calls: int = 1  # how often one forward pass calls it (a shared activation module: several times)
+    layout: Layout = Layout(NCHW)  # how its output holds the grid; `shape` is the grid's C x H x W
+    output_shape: tuple[int, ...] = ()  # of the output itself (tokens: L x C)
+    reaches_output: bool | None = None  # its grid gets gradient from the class scores (checked with attention)
+    embedding: bool = False  # it runs before the model's first attention: the patch embedding
 
 
 @dataclass
@@ -65,8 +74,10 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         module, preprocess, class_names = _custom_model(cfg)
     elif cfg.source == "demo":
         module, preprocess, class_names = _demo_model(cfg)
+    elif cfg.source == "timm":
+        module, preprocess, class_names = _timm_model(cfg)
     else:
-        raise unknown_name("model.source", cfg.source, ("torchvision", "custom", "demo"))
+        raise unknown_name("model.source", cfg.source, ("torchvision", "timm", "custom", "demo"))
     if cfg.checkpoint:
         _load_state_dict(module, read_checkpoint(Path(cfg.checkpoint).expanduser()), cfg.checkpoint)
     module.eval().requires_grad_(False)
@@ -112,6 +123,13 @@ def check_model_keys(cfg: ModelConfig) -> None:
                                               "them"))
         if cfg.num_classes not in (None, len(CLASS_NAMES)):
             refusals.append(("model.num_classes", f"the demo model has {len(CLASS_NAMES)} classes"))
+    if cfg.source == "timm":
+        from cnnvis_cli.timm_zoo import WEIGHTS, check_timm_name
+
+        check_timm_name(cfg.name)  # timm installed, and the name one of its architectures
+        if cfg.weights not in WEIGHTS:
+            refusals.append(("model.weights", f"a timm model takes model.weights=pretrained or null, not "
+                                              f"{cfg.weights!r}"))
     if refusals:
         key, why = refusals[0]
         raise UserError(f"model={cfg.name} does not use {key}: {why}; drop {key}")
@@ -178,6 +196,29 @@ def _weights_entry(weights_enum, name: str):
         raise unknown_name(f"weights for {weights_enum.__name__}", short_name, [*members, "DEFAULT"],
                            "or model.weights=null for random weights")
     return weights_enum[short_name]
+
+
+def _timm_model(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, list[str] | None]:
+    from cnnvis_cli import timm_zoo
+
+    module, data_config = timm_zoo.timm_model(cfg)
+    preprocess = timm_preprocess(cfg, data_config)
+    categories = timm_zoo.label_names(module, cfg.weights == "pretrained" and not cfg.checkpoint)
+    return module, preprocess, _class_names(cfg, categories, getattr(module, "num_classes", None))
+
+
+def timm_preprocess(cfg: ModelConfig, data_config: dict) -> Preprocess:
+    """A timm model's test-time preprocessing (`timm.data.create_transform` of its data config), with the
+    config's overrides; the shorter side follows the input size by the model's `crop_pct`."""
+    from cnnvis_cli.timm_zoo import resize_for
+
+    if data_config.get("crop_mode", "center") != "center":
+        log.warning("timm model %s crops by %r; cnnvis resizes the shorter side and keeps the centre",
+                    cfg.name, data_config["crop_mode"])
+    resize_size, input_size = resize_for({**data_config, "input_size": (3, cfg.input_size or 0, cfg.input_size)}
+                                         if cfg.input_size else data_config)
+    return _preprocess_from(cfg, resize_size, input_size, data_config["mean"], data_config["std"],
+                            data_config["interpolation"])
 
 
 def _custom_model(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, list[str] | None]:
@@ -307,46 +348,134 @@ def _load_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: 
 
 
 def inspect_layers(module: nn.Module, input_size: int) -> tuple[list[LayerInfo], int]:
-    """Run one dry forward pass; return the layers with spatial outputs (in order) and the class count."""
-    outputs: list[tuple[str, nn.Module, object]] = []
-    handles = [
-        child.register_forward_hook(lambda mod, _inp, out, name=name: outputs.append((name, mod, out)))
-        for name, child in module.named_modules()
-        if name
-    ]
+    """Run one dry pass of two images; return the layers whose output holds a spatial grid (NCHW maps, NHWC
+    maps, token sequences: layouts.py), in the order they finish, and the class count.
+
+    Modules inside an attention module (per-head queries, keys, attention weights) hold no grid of the
+    image and are left out. In a model with attention, the pass also takes the gradient of the top class
+    with respect to every listed layer, to record whether the layer's grid reaches the output at all (after
+    a ViT's last attention only the class token is read: the patch tokens there get zero gradient), and
+    which layers run before the first attention (the patch embedding)."""
+    attention = [name for name, child in module.named_modules() if name and is_attention(child)]
+    record = _DryPassRecord(module, attention)
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    images = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(device)
     try:
-        with torch.inference_mode():
-            logits = module(torch.zeros(1, 3, input_size, input_size, device=device))
+        with record, torch.inference_mode(not attention), torch.enable_grad() if attention else nullcontext():
+            logits = module(images.requires_grad_(bool(attention)))
     except RuntimeError as error:  # too small for its convolutions and poolings, or the wrong shape altogether
         raise UserError(f"the model cannot run on {input_size} x {input_size} px inputs ({first_line(str(error))}); "
                         "check model.input_size") from error
-    finally:
-        for handle in handles:
-            handle.remove()
+    outputs, first_attention = record.outputs, record.first_attention
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise UserError("the model must return a tensor of class scores (batch x classes)")
-    layers: dict[str, LayerInfo] = {}
-    calls = Counter(name for name, _, _ in outputs)
-    for name, child, out in outputs:  # in the order modules finished; a module called twice keeps its last call
+    prefix = model_prefix_tokens(module)
+    found: dict[str, tuple[nn.Module, torch.Tensor, Layout, int]] = {}
+    for position, (name, child, out) in enumerate(outputs):  # a module called twice keeps its last call
         if isinstance(child, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             continue  # the classifier's global pooling, not a feature map
-        if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] > 1 and out.shape[-2] > 1:
-            layers.pop(name, None)
-            layers[name] = LayerInfo(name, type(child).__name__, tuple(out.shape[1:]), calls[name])
-    return list(layers.values()), int(logits.shape[1])
+        layout = layout_of(out, prefix)
+        if layout is not None and out.shape[0] == len(images):  # not a batch of windows (Swin's attention)
+            found.pop(name, None)
+            found[name] = (child, out, layout, position)
+    grids = {name: (out, layout) for name, (_, out, layout, _) in found.items()}
+    classifier = record.features if record.linear_output is logits else logits  # the head's input, if it is one
+    reaching = _reaching_output(classifier, grids) if attention else {}
+    calls = Counter(name for name, _, _ in outputs)
+    layers = []
+    for name, (child, out, layout, position) in found.items():
+        shape = tuple(layout.to_nchw(out).shape[1:])
+        layers.append(LayerInfo(name, type(child).__name__, shape, calls[name], layout, tuple(out.shape[1:]),
+                                reaching.get(name), first_attention is not None and position < first_attention))
+    return layers, int(logits.shape[1])
+
+
+class _DryPassRecord:
+    """Hooks for `inspect_layers`' dry pass: every module's output (leaving out the insides of attention
+    modules), the input and output of the last linear layer called (a classifier head, if its output is the
+    model's), and how many outputs had finished when the first attention module started."""
+
+    def __init__(self, module: nn.Module, attention: list[str]) -> None:
+        self.module, self.inside = module, tuple(f"{name}." for name in attention)
+        self.attention = set(attention)
+        self.outputs: list[tuple[str, nn.Module, object]] = []
+        self.features: torch.Tensor | None = None
+        self.linear_output: object = None
+        self.first_attention: int | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> _DryPassRecord:
+        for name, child in self.module.named_modules():
+            if not name or name.startswith(self.inside):
+                continue
+            self._handles.append(child.register_forward_hook(self._output(name)))
+            if name in self.attention:
+                self._handles.append(child.register_forward_pre_hook(self._attention_starts))
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _output(self, name: str):
+        def keep(child: nn.Module, inputs: tuple, output: object) -> None:
+            self.outputs.append((name, child, output))
+            if isinstance(child, nn.Linear) and inputs and isinstance(inputs[0], torch.Tensor):
+                self.features, self.linear_output = inputs[0], output
+        return keep
+
+    def _attention_starts(self, _child: nn.Module, _inputs: tuple) -> None:
+        if self.first_attention is None:
+            self.first_attention = len(self.outputs)
+
+
+def _reaching_output(features: torch.Tensor, outputs: dict[str, tuple[torch.Tensor, Layout]]) -> dict[str, bool]:
+    """For each layer, whether the classifier's features depend on its grid: a fixed random projection of
+    them has a non-zero gradient somewhere on the grid. The features, not the scores: a random-initialised
+    model's classifier may be all zeros (torchvision's ViT head), and then no gradient reaches anything."""
+    projection = torch.randn(features.shape, generator=torch.Generator().manual_seed(0)).to(features.device)
+    names = [name for name, (out, _) in outputs.items() if out.requires_grad]
+    gradients = torch.autograd.grad((features * projection).sum(), [outputs[name][0] for name in names],
+                                    allow_unused=True) if names and features.requires_grad else []
+    reaching = {name: False for name in outputs}
+    for name, gradient in zip(names, gradients, strict=True):
+        layout = outputs[name][1]
+        reaching[name] = gradient is not None and bool(layout.to_nchw(gradient).abs().amax() > 0)
+    return reaching
 
 
 def resolve_target_layer(module: nn.Module, requested: str | None, layers: list[LayerInfo]) -> str:
-    """The requested layer if it has a spatial output, else the last layer whose output is a spatial map."""
+    """The requested layer if its output holds a spatial grid, else the default: the last such layer whose
+    grid reaches the class scores (a ViT: the norm before the last block's attention), leaving out linear
+    projections (a ViT's qkv) and the patch embedding; for a CNN, the last layer with a spatial output. A
+    requested layer that is a patch embedding, or whose grid gets no gradient, is warned about."""
+    default = _default_layer(layers)
     if requested:
         candidates = [layer.name for layer in layers]
         if requested not in dict(module.named_modules()):
             raise unknown_name("target layer", requested, candidates, "cnnvis list layers model=...")
         if requested not in candidates:
-            raise UserError(f"layer '{requested}' has no spatial output (N x C x H x W) for a CAM; "
-                            f"choose one of cnnvis list layers, e.g. {candidates[-1] if candidates else '?'}")
+            raise UserError(f"layer '{requested}' has no spatial output (a feature map, or tokens on a grid) for a "
+                            f"CAM; choose one of cnnvis list layers, e.g. {default or '?'}")
+        layer = next(layer for layer in layers if layer.name == requested)
+        if layer.embedding:
+            log.warning("layer %s runs before the model's first attention: its maps show how patches were "
+                        "embedded, not what the model attends to; the default layer is %s", requested, default)
+        elif layer.reaches_output is False:
+            log.warning("layer %s: the class scores do not depend on its patch tokens (zero gradient: after "
+                        "the last attention only the class token is read), so gradient CAMs of it are blank; "
+                        "the default layer is %s", requested, default)
         return requested
-    if not layers:
+    if default is None:
         raise UserError("the model has no layer with a spatial output; set model.target_layer")
-    return layers[-1].name
+    return default
+
+
+def _default_layer(layers: list[LayerInfo]) -> str | None:
+    checked = [layer for layer in layers if layer.reaches_output is not None]
+    if checked:  # a model with attention
+        chosen = [layer for layer in checked if layer.reaches_output and not layer.embedding
+                  and layer.kind != "Linear"]
+        if chosen:
+            return chosen[-1].name
+    return layers[-1].name if layers else None

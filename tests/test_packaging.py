@@ -29,7 +29,7 @@ def test_wheel_ships_configs_and_demo_and_runs_from_another_folder(tmp_path: Pat
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"cnnvis_cli/conf/config.yaml", "cnnvis_cli/conf/model/vgg16.yaml", "cnnvis_cli/demo/demo_net.pt",
             "cnnvis_cli/conf/technique/scorecam.yaml", "cnnvis_cli/imagenet_wnids.txt",
-            "cnnvis_cli/conf/hydra/launcher/slurm.yaml"} <= names
+            "cnnvis_cli/conf/hydra/launcher/slurm.yaml", "cnnvis_cli/conf/model/timm.yaml"} <= names
     modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "cnnvis_cli").rglob("*.py")}
     assert modules <= names, f"not in the wheel: {sorted(modules - names)}"
     site = tmp_path / "site"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cnnvis_cli.techniques.attention import AttentionGradient, AttentionRollout
 from cnnvis_cli.techniques.attribution import GradientXInput, InputGradient, Saliency
 from cnnvis_cli.techniques.base import NORMALISATION, Explanation, Technique, TechniqueContext
 from cnnvis_cli.techniques.eigen import EigenCAM
@@ -19,7 +20,7 @@ TECHNIQUES: dict[str, type[Technique]] = {
     for technique in (
         GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, ScoreCAM, AblationCAM, EigenCAM,
         Saliency, GradientXInput, GuidedBackprop, GuidedGradCAM, IntegratedGradients,
-        Occlusion, RISE, LRP,
+        Occlusion, RISE, LRP, AttentionRollout, AttentionGradient,
     )
 }
 # option files that configure a registered technique rather than add one

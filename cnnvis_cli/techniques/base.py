@@ -73,6 +73,7 @@ class Technique(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     cost: ClassVar[str]  # passes per (image, target), for the README and `cnnvis list techniques`
+    families: ClassVar[str] = "any classifier"  # which models it explains; others are refused by `check`
     signed: ClassVar[bool] = False  # whether explanations carry a signed map
     needs_gradients: ClassVar[bool] = True  # False for forward-only techniques
     # Mixed precision (`amp=true`, bfloat16 or float16 on CUDA) only for forward-only techniques whose scores

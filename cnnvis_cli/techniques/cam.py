@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnvis_cli.layouts import NCHW, TOKENS, Layout, layout_of, model_prefix_tokens
 from cnnvis_cli.techniques.base import Explanation, Technique, TechniqueContext, normalise_maps, row_gradients
 
 
 class LayerCapture:
-    """Forward hooks on named layers that keep each layer's output (its last call, if called twice).
+    """Forward hooks on named layers that keep each layer's output (its last call, if called twice) as an
+    N x C x H x W map, whatever the layer's layout (layouts.py: NHWC maps, transformer tokens).
 
     With `differentiable=True` the kept output is a tensor that requires grad, so gradients with respect
     to it can be taken even when the model's parameters are frozen.
@@ -36,8 +38,10 @@ class LayerCapture:
         if missing:
             raise ValueError(f"no such layer in the model: {', '.join(missing)}")
         self.modules = {name: modules[name] for name in layer_names}
+        self.prefix = model_prefix_tokens(model)
         self.differentiable = differentiable
         self.activations: dict[str, torch.Tensor] = {}
+        self.layouts: dict[str, Layout] = {}  # how each layer's own output holds the grid
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> LayerCapture:
@@ -59,12 +63,21 @@ class LayerCapture:
 
     def _hook(self, name: str):
         def keep(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor:
-            if not isinstance(output, torch.Tensor) or output.ndim != 4:
-                raise ValueError(f"layer '{name}' must output an N x C x H x W tensor")
-            if self.differentiable and not output.requires_grad:
-                output = output.detach().requires_grad_(True)
-            self.activations[name] = output
-            return output.clone()  # the network goes on with a copy; the kept tensor stays as it was
+            layout = layout_of(output, self.prefix)
+            if layout is None:
+                raise ValueError(f"layer '{name}' must output a spatial map (N x C x H x W, N x H x W x C) or "
+                                 "tokens on a square grid (N x L x C)")
+            self.layouts[name] = layout
+            kept = layout.to_nchw(output)
+            if layout.kind != NCHW:
+                kept = kept.contiguous()  # a tensor of its own, as the copy below is for NCHW
+            if self.differentiable and not kept.requires_grad:
+                kept = kept.detach().requires_grad_(True)
+            self.activations[name] = kept
+            # the network goes on from a copy of the kept map (so in-place operations downstream never alter
+            # it), laid out as the layer's output, with the prefix tokens as they were
+            onward = layout.from_nchw(kept, output)
+            return onward if layout.kind == TOKENS else onward.clone()  # (the tokens are joined anew already)
 
         return keep
 
@@ -73,6 +86,7 @@ class CamTechnique(Technique):
     """A class activation map on one or more layers."""
 
     cost = "1 forward + 1 backward to the layer"
+    families = "CNNs, and transformers on a token layer (ViT, DeiT, EVA, BEiT, Swin: layouts.py)"
     uses_layers = True
 
     def __init__(self, model: nn.Module, layers: Sequence[str], *, amp: bool = False) -> None:
@@ -80,6 +94,7 @@ class CamTechnique(Technique):
             raise ValueError("a CAM technique needs at least one layer")
         super().__init__(model, amp=amp)
         self.layers = list(layers)
+        self.layouts: dict[str, Layout] = {}  # of the layers' outputs, as the last forward pass found them
 
     @classmethod
     def from_context(cls, context: TechniqueContext) -> CamTechnique:
@@ -92,7 +107,7 @@ class CamTechnique(Technique):
         """R maps in [0, 1] at the images' size (the model must already be in eval mode)."""
         with self.autocast(images):
             _, tensors, gradients = forward_and_gradients(self.model, self.layers, images, self.needs_gradients,
-                                                          lambda _logits: (image_rows, targets))
+                                                          lambda _logits: (image_rows, targets), self.layouts)
         return self.finish(self.layer_maps(tensors, gradients, images, image_rows, targets), images.shape[-2:])
 
     def layer_maps(self, tensors: list[torch.Tensor], gradients: list[torch.Tensor | None], images: torch.Tensor,
@@ -118,16 +133,20 @@ class CamTechnique(Technique):
 
 
 def forward_and_gradients(model: nn.Module, layers: Sequence[str], images: torch.Tensor, with_gradients: bool,
-                          choose_rows) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None]]:
+                          choose_rows, layouts: dict[str, Layout] | None = None,
+                          ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None]]:
     """One forward pass of `images` that keeps the layers' outputs: the logits, those outputs, and (with
     `with_gradients`) each row's gradient with respect to them, for the rows `choose_rows(logits)` returns as
-    (image_rows, targets), which may depend on what the model predicted."""
+    (image_rows, targets), which may depend on what the model predicted; the layers' layouts go into
+    `layouts` when given."""
     with LayerCapture(model, layers, with_gradients) as capture:
         with torch.set_grad_enabled(with_gradients):
             logits = model(images)
         image_rows, targets = choose_rows(logits.detach())
         tensors = [capture.activations[layer] for layer in layers]
         gradients = row_gradients(logits, tensors, image_rows, targets) if with_gradients else [None] * len(tensors)
+        if layouts is not None:
+            layouts.update(capture.layouts)
     return logits, tensors, gradients
 
 

@@ -63,6 +63,7 @@ class GuidedReLUs(TorchFunctionMode):
 class GuidedBackprop(InputGradient):
     name = "guided_backprop"
     summary = "Guided backpropagation (Springenberg et al., 2015): only positive gradients pass each ReLU"
+    families = "models with ReLU activations (CNNs); refused on GELU transformers, which have none to guide"
     heat_from = "magnitude"
 
     def gradients(self, inputs: torch.Tensor, input_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -83,6 +84,7 @@ class GuidedBackprop(InputGradient):
 class GuidedGradCAM(GuidedBackprop):
     name = "guided_gradcam"
     summary = "Guided Grad-CAM (Selvaraju et al., 2017): guided backpropagation times the Grad-CAM map"
+    families = GuidedBackprop.families
     cost = "2 forwards + 1 backward to the input + 1 backward to the layer"
     uses_layers = True
 

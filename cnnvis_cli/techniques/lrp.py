@@ -52,6 +52,8 @@ class LRP(InputGradient):
     name = "lrp"
     summary = "Layer-wise relevance propagation, epsilon rule (Bach et al., 2015): the logit shared out layer by layer"
     times_input = True
+    families = "CNNs of conv, linear, batch norm, pooling and ReLU layers; refused on transformers (no rules " \
+               "for attention or LayerNorm here)"
 
     def __init__(self, model: nn.Module, *, amp: bool = False, epsilon: float = 0.25) -> None:
         super().__init__(model, amp=amp)

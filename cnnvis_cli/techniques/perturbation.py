@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnvis_cli.techniques.base import TechniqueContext, inputs_per_pass, normalise_maps, score_pairs
+from cnnvis_cli.layouts import NCHW, Layout
+from cnnvis_cli.techniques.base import TechniqueContext, forward_hooks, inputs_per_pass, normalise_maps, score_pairs
 from cnnvis_cli.techniques.cam import ChannelWeightedCAM, LayerCapture
 
 
@@ -170,7 +171,14 @@ class AblationCAM(PerturbationCAM):
                          channel_index: torch.Tensor, layer: str) -> torch.Tensor:
         ablated = activation[image_index]
         ablated[torch.arange(len(channel_index), device=images.device), channel_index] = 0
-        with output_replaced(dict(self.model.named_modules())[layer], ablated):
+        module = dict(self.model.named_modules())[layer]
+        layout = self.layouts.get(layer, Layout(NCHW))  # as this batch's forward pass found it
+        if layout.kind == NCHW:
+            with output_replaced(module, ablated):
+                return self.model(images[image_index])
+        # NHWC maps and tokens: the layer runs, and its grid is swapped for the ablated one (prefix tokens kept)
+        with forward_hooks([module], lambda _module, _inputs, output: layout.from_nchw(ablated.to(output.dtype),
+                                                                                         output)):
             return self.model(images[image_index])
 
     def weights_from_scores(self, scores: torch.Tensor, images: torch.Tensor, image_rows: torch.Tensor,

@@ -15,7 +15,10 @@ from cnnvis_cli.techniques import TECHNIQUES, TechniqueContext, build_technique
 from cnnvis_cli.techniques.base import normalise_maps, passes_reported_to, row_gradients, slot_of_rows
 from cnnvis_cli.techniques.gradient import GradCAM
 
-NAMES = [*TECHNIQUES, "saliency+smooth"]
+# every technique on a small CNN; the attention techniques read a transformer's attention, and have their
+# own checks below, with the CAMs on a token layer
+ATTENTION = {name for name, technique in TECHNIQUES.items() if technique.__module__.endswith(".attention")}
+NAMES = [*(name for name in TECHNIQUES if name not in ATTENTION), "saliency+smooth"]
 
 
 def small_options(smooth: bool = False) -> TechniqueConfig:
@@ -187,3 +190,58 @@ def test_many_pass_techniques_report_their_passes_as_they_go(name: str, options:
     assert len(totals) == 1  # one stream of passes (a wrapped technique's own are not reported)
     done = [count for count, _ in reports]
     assert done == sorted(done) and done[-1] == totals.pop()
+
+
+# --- a small vision transformer: the token-layer path of the CAMs, and the attention techniques -----------
+
+TRANSFORMER_NAMES = ["gradcam", "layercam", "scorecam", "ablationcam", "eigencam", "saliency", *sorted(ATTENTION)]
+
+
+@pytest.fixture
+def tiny_vit() -> nn.Module:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                             embed_dim=32, depth=2, num_heads=2, num_classes=5).eval()
+
+
+def make_for_vit(name: str, model: nn.Module):
+    return build_technique(name, TechniqueContext(model, ["blocks.1.norm1"], small_options()))
+
+
+@pytest.mark.parametrize("name", TRANSFORMER_NAMES)
+def test_transformer_output_contract_and_model_given_back(tiny_vit, name: str) -> None:
+    tiny_vit.train()
+    tiny_vit.patch_embed.requires_grad_(False)
+    flags = [p.requires_grad for p in tiny_vit.parameters()]
+    fused = [block.attn.fused_attn for block in tiny_vit.blocks]
+    maps = make_for_vit(name, tiny_vit).explain(torch.randn(2, 3, 32, 32), torch.tensor([0, 1, 1]),
+                                                torch.tensor([0, 1, 2])).maps
+    assert maps.shape == (3, 32, 32) and torch.isfinite(maps).all() and float(maps.max()) == 1
+    assert hook_count(tiny_vit) == 0 and not any("forward" in vars(module) for module in tiny_vit.modules())
+    assert all(m.training for m in tiny_vit.modules()) and [p.requires_grad for p in tiny_vit.parameters()] == flags
+    assert all(p.grad is None for p in tiny_vit.parameters())
+    assert [block.attn.fused_attn for block in tiny_vit.blocks] == fused
+
+    def explode(*_):
+        raise RuntimeError("boom")
+
+    tiny_vit.head.register_forward_hook(explode)
+    with pytest.raises(RuntimeError, match="boom"):
+        make_for_vit(name, tiny_vit).explain(torch.randn(1, 3, 32, 32), torch.tensor([0]), torch.tensor([0]))
+    tiny_vit.head._forward_hooks.clear()
+    assert hook_count(tiny_vit) == 0 and [block.attn.fused_attn for block in tiny_vit.blocks] == fused
+    assert all(m.training for m in tiny_vit.modules()) and all(p.grad is None for p in tiny_vit.parameters())
+
+
+@pytest.mark.parametrize("name", ["gradcam", "ablationcam", *sorted(ATTENTION)])  # each path once
+def test_transformer_memory_is_flat_over_50_batches(tiny_vit, name: str) -> None:
+    technique = make_for_vit(name, tiny_vit)
+    images, rows, targets = torch.randn(2, 3, 32, 32), torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2])
+    for _ in range(5):
+        technique.explain(images, rows, targets)
+    tensors, resident = live_tensors(), resident_bytes()
+    for _ in range(50):
+        technique.explain(images, rows, targets)
+    assert live_tensors() == tensors
+    assert resident_bytes() - resident < 20 * 2**20
