@@ -79,6 +79,7 @@ class Source:
 
 # what decoding a broken file raises: corrupt data, an unknown format, or a header that asks for too much memory
 UNREADABLE = (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError)
+MAX_ASPECT = 100  # longer side over shorter side of an image worth resizing
 
 
 def printable(text: str) -> str:
@@ -111,11 +112,18 @@ def require_list_file(list_file: str | Path) -> Path:
 
 def open_image(path: Path) -> Image.Image:
     """Decode an image file as 8-bit RGB, with its EXIF orientation applied. Anything but a regular file (a
-    broken link, a FIFO, which would block) is refused without being opened."""
+    broken link, a FIFO, which would block), and a picture over MAX_ASPECT times as long as wide, are
+    refused before decoding."""
     if not path.is_file():
         kind = "a broken link" if path.is_symlink() and not path.exists() else "not a regular file"
         raise FileNotFoundError(f"{kind}: {printable(str(path))}")
     with Image.open(path) as image:
+        width, height = image.size
+        if max(width, height) > MAX_ASPECT * min(width, height):
+            # resizing its shorter side to the model's input would make a picture of up to millions of
+            # times its pixels (a damaged header often claims such sizes)
+            raise ValueError(f"a picture of {width} x {height} px, more than {MAX_ASPECT} times as long as it is "
+                             "wide, is no photograph to resize")
         image.load()
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):

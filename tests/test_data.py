@@ -251,3 +251,17 @@ def test_indices_in_a_file_list_are_the_models_class_indices(tmp_path: Path) -> 
     assert source.class_names is None and [source.load(i).label for i in range(2)] == [1, 3]
     assert label_mapping(source, ["circle", "square", "triangle", "cross"], 4) is None  # index 1 is square
 
+
+
+def test_a_picture_far_longer_than_wide_is_recorded_not_resized(tmp_path: Path) -> None:
+    # a damaged header once claimed 1 x 16711681 px: resized to a 16 px shorter side that is 12 GB
+    root = tmp_path / "data"
+    (root / "cls").mkdir(parents=True)
+    Image.new("RGB", (1, 101)).save(root / "cls" / "strip.png")
+    Image.new("RGB", (2, 200)).save(root / "cls" / "fine.png")  # exactly 100 times: still a picture
+    source = ImageFolderSource(root, [".png"])
+    items = {source.sample_id(i): SampleSet(source, Preprocess(16, 16, (0.5,) * 3, (0.5,) * 3), [i])[0]
+             for i in range(2)}
+    assert isinstance(items["cls/strip.png"], BadSample)
+    assert "1 x 101 px, more than 100 times as long as it is wide" in items["cls/strip.png"].reason
+    assert items["cls/fine.png"][0].shape == (3, 16, 16)
