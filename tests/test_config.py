@@ -11,6 +11,7 @@ from cnnvis_cli.errors import UserError
 
 REQUIRED = {  # keys that an option leaves for the user to fill
     ("model", "torchvision"): ["model.name=resnet18"],
+    ("model", "timm"): ["model.name=resnet18"],
     ("model", "custom"): ["model.factory=torchvision.models:resnet18"],
     ("dataset", "imagefolder"): ["dataset.root=/data"],
     ("dataset", "files"): ["dataset.list_file=-"],
