@@ -348,7 +348,7 @@ def _load_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: 
 
 
 def inspect_layers(module: nn.Module, input_size: int) -> tuple[list[LayerInfo], int]:
-    """Run one dry pass of two images; return the layers whose output holds a spatial grid (NCHW maps, NHWC
+    """Run one dry pass of one image; return the layers whose output holds a spatial grid (NCHW maps, NHWC
     maps, token sequences: layouts.py), in the order they finish, and the class count.
 
     Modules inside an attention module (per-head queries, keys, attention weights) hold no grid of the
@@ -359,7 +359,7 @@ def inspect_layers(module: nn.Module, input_size: int) -> tuple[list[LayerInfo],
     attention = [name for name, child in module.named_modules() if name and is_attention(child)]
     record = _DryPassRecord(module, attention)
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    images = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(device)
+    images = torch.randn(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(device)
     try:
         with record, torch.inference_mode(not attention), torch.enable_grad() if attention else nullcontext():
             logits = module(images.requires_grad_(bool(attention)))
