@@ -110,9 +110,10 @@ def check_model_keys(cfg: ModelConfig) -> None:
     """Every model source honours every model key or refuses it: a key that a source would ignore is a
     mistake, said before any work."""
     refusals = []
-    if cfg.source != "custom":
-        refusals += [(key, "it is for model=custom") for key, value in (("model.factory", cfg.factory),
-                                                                      ("model.kwargs", cfg.kwargs)) if value]
+    if cfg.source != "custom" and cfg.factory:
+        refusals.append(("model.factory", "it is for model=custom"))
+    if cfg.source not in ("custom", "timm") and cfg.kwargs:
+        refusals.append(("model.kwargs", "it is for model=custom and model=timm"))
     if cfg.source == "custom" and cfg.weights:
         refusals.append(("model.weights", "a custom model gets its weights from its factory or model.checkpoint"))
     if cfg.source == "demo":

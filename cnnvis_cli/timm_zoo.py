@@ -50,8 +50,8 @@ def timm_model(cfg: ModelConfig) -> tuple[nn.Module, dict]:
         raise UserError(f"model.weights={cfg.weights} is not valid for a timm model; use model.weights=pretrained "
                         "(timm's weights for the name, e.g. vit_small_patch16_224.augreg_in21k_ft_in1k) or null")
     pretrained = cfg.weights == "pretrained" and not cfg.checkpoint
-    options = {"num_classes": cfg.num_classes} if cfg.num_classes else {}
-    if cfg.input_size:
+    options = {**cfg.kwargs, **({"num_classes": cfg.num_classes} if cfg.num_classes else {})}
+    if cfg.input_size and "img_size" not in options:
         # a transformer's position embedding is built for one grid: timm resizes it for another input size
         defaults = timm.get_pretrained_cfg(cfg.name)
         if defaults is not None and getattr(defaults, "fixed_input_size", False):
@@ -67,7 +67,11 @@ def timm_model(cfg: ModelConfig) -> tuple[nn.Module, dict]:
             "it with model.checkpoint=PATH (.safetensors or .pth), or run with model.weights=null") from error
     except TypeError as error:  # an option the architecture does not take
         raise UserError(f"timm model {cfg.name} cannot be built with {options}: {first_line(str(error))}") from error
-    return module, timm.data.resolve_model_data_config(module)
+    data_config = timm.data.resolve_model_data_config(module)
+    if "img_size" in cfg.kwargs:  # the architecture built for another input size than its weights' default
+        side = cfg.kwargs["img_size"]
+        data_config["input_size"] = (3, *(side if isinstance(side, list | tuple) else (side, side)))
+    return module, data_config
 
 
 def resize_for(data_config: dict) -> tuple[int, int]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import run_config, write_image_folder
 
+from cnnvis_cli.cli import prepare_overrides
 from cnnvis_cli.data import ImageFolderSource, SampleSet
 from cnnvis_cli.errors import UserError
 from cnnvis_cli.inference import normalise
@@ -47,16 +48,27 @@ def test_a_timm_model_is_built_with_its_classes_and_overrides() -> None:
     assert next(layer for layer in small.layers if layer.name == small.target_layer).shape == (192, 4, 4)
 
 
+def test_architecture_options_reach_timm() -> None:
+    overrides = prepare_overrides(["model=timm", "model.name=vit_tiny_patch16_224", "model.weights=null",
+                                   "model.kwargs={img_size: 48, patch_size: 12, depth: 2}", "model.num_classes=4"])
+    loaded = load_model(run_config(*overrides).model)
+    assert len(loaded.module.blocks) == 2 and loaded.module.patch_embed.patch_size == (12, 12)
+    assert loaded.preprocess.input_size == 48 and loaded.target_layer == "blocks.1.norm1"
+    assert next(layer for layer in loaded.layers if layer.name == loaded.target_layer).shape == (192, 4, 4)
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["model.name=deit_tiny_patch16_22"], "unknown timm model 'deit_tiny_patch16_22'; did you mean "
                                           "deit_tiny_patch16_224"),
     (["model.name=resnet18", "model.weights=DEFAULT"], "a timm model takes model.weights=pretrained or null"),
     (["model.name=resnet18", "model.factory=a.b:c"], "model=resnet18 does not use model.factory: it is for "
                                                      "model=custom"),
+    (["model.name=resnet18", "model.kwargs={drop_rate: 0.1, no_such_option: 1}"],
+     "timm model resnet18 cannot be built with .*no_such_option"),
 ])
 def test_timm_mistakes_are_one_line(overrides: list[str], message: str) -> None:
     with pytest.raises(UserError, match=message):
-        run_config("model=timm", *overrides)
+        load_model(run_config(*prepare_overrides(["model=timm", *overrides])).model)
 
 
 def test_weights_that_cannot_be_fetched_say_how_to_give_a_file(tmp_path: Path,
