@@ -194,6 +194,7 @@ def prediction_key(cfg: RunConfig, preprocess: Preprocess, source: Source, indic
         "tracked": list(tracked),
         "device": device.type,
         "amp": cfg.amp and device.type == "cuda",
+        "embeddings": "slices" in cfg.analysis,  # the penultimate features kept beside the predictions
         "versions": {"cnnvis": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__},
     }
 

@@ -26,6 +26,10 @@ def load_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     run_config = parse_run_config(cfg)
     check_names(run_config)
     check_model_keys(run_config.model)
+    if "slices" in run_config.analysis:
+        from cnnvis_cli.slices import require_sklearn
+
+        require_sklearn()  # before any work: the install command, not a traceback at the end of the run
     return run_config
 
 

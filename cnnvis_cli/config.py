@@ -156,6 +156,15 @@ class RenderConfig:
 
 
 @dataclass
+class CounterfactualConfig:
+    """metrics=[counterfactual]: each wrong prediction predicted again with its map's region hidden."""
+
+    fill: str = "blurred"  # what hides a region: blurred | mean (colour) | black | noise (technique.occlusion.fill's)
+    top_percent: float = 10.0  # the second region: the map's highest pixels, this percent of the image
+    draws: int = 5  # the control: random regions of the same shape hidden per map
+
+
+@dataclass
 class RunConfig:
     """Everything one run needs."""
 
@@ -174,8 +183,10 @@ class RunConfig:
     resume: str | None = None  # a run directory to finish: its predictions and written files are reused
     cache: str | None = "~/.cache/cnnvis"  # reuse the predictions of an earlier identical inference; null: off
     explain_batch_size: int = 16  # images per batch in the explanation stage
-    metrics: list[str] = field(default_factory=list)  # heatmap metrics: deletion, insertion, drop, pointing, energy
+    metrics: list[str] = field(default_factory=list)  # heatmap metrics: deletion, insertion, drop,
+    # pointing, energy, counterfactual
     metrics_steps: int = 20  # deletion and insertion: points on each curve after the start
+    counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
     analysis: list[str] = field(default_factory=list)  # what the failures share: groups, confusions, classes
     analysis_groups: int | None = None  # groups of maps; null: chosen by silhouette from 2 to 8
     sanity: bool = False  # model-parameter randomisation test of every technique (sanity.csv, report)
@@ -265,6 +276,7 @@ def check_values(cfg: RunConfig) -> None:
         ("technique.rise.grid", cfg.technique.rise.grid),
         ("render.topn", cfg.render.topn),
         ("metrics_steps", cfg.metrics_steps),
+        ("counterfactual.draws", cfg.counterfactual.draws),
         ("sanity_samples", cfg.sanity_samples),
         ("sanity_stages", cfg.sanity_stages),
         ("rank_timeout", cfg.rank_timeout),
@@ -286,6 +298,10 @@ def check_values(cfg: RunConfig) -> None:
             raise UserError(f"{key}={size} must be at least 1, or null for the model's own")
     _check_choice("technique.integrated_gradients.baseline", cfg.technique.integrated_gradients.baseline, BASELINES)
     _check_choice("technique.occlusion.fill", cfg.technique.occlusion.fill, BASELINES)
+    _check_choice("counterfactual.fill", cfg.counterfactual.fill, BASELINES)
+    if not 0 < cfg.counterfactual.top_percent < 100:
+        raise UserError(f"counterfactual.top_percent={cfg.counterfactual.top_percent} must lie between 0 and 100 "
+                        "(the share of the map's pixels hidden, in percent), e.g. 10")
     if cfg.model.interpolation is not None:
         _check_choice("model.interpolation", cfg.model.interpolation, INTERPOLATIONS)
     for key, value in (("technique.smooth.samples", cfg.technique.smooth.samples),

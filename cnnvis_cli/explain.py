@@ -10,6 +10,7 @@ sample also gets one panel (`panels.py`) with every overlay, zooms into the orig
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,9 +116,10 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                     with passes_reported_to(_BarShare(bar, task, start, share)):
                         explanation = explain_in_parts(technique, model_input, image_rows, target_classes,
                                                        halvings.setdefault(technique.name, Halving(technique.name)))
+                measured: dict[str, list[float]] = {}
                 if recorder is not None:
-                    recorder.record(technique.name, technique.model, model_input, image_rows, target_classes,
-                                    explanation.maps, infos, batch.extras)
+                    measured = recorder.record(technique.name, technique.model, model_input, image_rows,
+                                               target_classes, explanation.maps, infos, batch.extras)
                 if explanation.signed is None:
                     pictures = overlay(images[image_rows], explanation.maps, lut, options.alpha)
                     raw_maps = explanation.maps
@@ -126,7 +128,8 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                     raw_maps = explanation.signed
                 pictures = pictures.cpu().numpy()
                 raw = raw_maps.cpu().numpy() if options.save_maps else None
-                drawn.append((technique, pictures, explanation.maps.cpu().numpy() if options.panels else None))
+                drawn.append((technique, pictures, explanation.maps.cpu().numpy() if options.panels else None,
+                              hiding_findings(measured, len(rows))))
                 overlays, map_paths = [], []
                 for position, target in rows:
                     case = batch_cases[position]
@@ -184,7 +187,8 @@ def _row_infos(rows: list[tuple[int, Target]], batch: Batch, batch_cases: list[C
         labelled = bool(predictions.labelled[row])
         infos.append(RowInfo(batch.indices[position], predictions.sample_ids[row], target.role,
                              class_names[target.class_index], bool(predictions.correct[row]) if labelled else None,
-                             class_name(class_names, int(predictions.labels[row]))))
+                             class_name(class_names, int(predictions.labels[row])),
+                             int(predictions.labels[row]) if labelled else -1))
     return infos
 
 
@@ -217,7 +221,7 @@ def _panel_content(case: Case, index: int, rows: list[tuple[int, Target]], posit
     label = int(predictions.labels[case.row])
     original = _original(source, index) if options.zoom else None
     tiles = []
-    for technique, pictures, heat in drawn:
+    for technique, pictures, heat, findings in drawn:
         for row, (row_position, target) in enumerate(rows):
             if row_position != position:
                 continue
@@ -229,7 +233,8 @@ def _panel_content(case: Case, index: int, rows: list[tuple[int, Target]], posit
                 zoom = original[y0:y1, x0:x1] if x1 > x0 and y1 > y0 else None
             probability, rank = _standing(predictions, case.row, target.class_index)
             tiles.append(Tile(technique.name, target.role, class_names[target.class_index], rank, probability,
-                              pictures[row], box, zoom, is_true=target.class_index == label, note=note))
+                              pictures[row], box, zoom, is_true=target.class_index == label, note=note,
+                              finding=findings[row]))
     guesses = zip(predictions.topk_classes[case.row][:options.topn], predictions.topk_probs[case.row], strict=False)
     top = [(class_names[c], float(p), int(c) == label, place) for place, (c, p) in enumerate(guesses, start=1)]
     if label != UNLABELLED:
@@ -242,6 +247,23 @@ def _panel_content(case: Case, index: int, rows: list[tuple[int, Target]], posit
              f"({float(predictions.confidence[case.row]):.1%})   selected: {', '.join(case.reasons)}   "
              f"{predictions.sample_ids[case.row]}")  # the id last: a long path is what gets cut short
     return PanelContent(title, image, tiles, top, colour_bars)
+
+
+def hiding_findings(measured: dict[str, list[float]], rows: int) -> list[tuple[str, bool]]:
+    """Per row, what hiding the zoomed box did to a wrong prediction (metrics=[counterfactual]), for the
+    panel: the words and whether the prediction turned right; ("", False) for rows not measured."""
+    flips, to_true = measured.get("hide_box_flips"), measured.get("hide_box_to_true")
+    changes = measured.get("hide_box_pred_change")
+    if flips is None or to_true is None or changes is None:
+        return [("", False)] * rows
+    findings = []
+    for flipped, right, change in zip(flips, to_true, changes, strict=True):
+        if math.isnan(flipped):
+            findings.append(("", False))
+            continue
+        outcome = "turns it right" if right == 1 else "changes the class" if flipped == 1 else "keeps the class"
+        findings.append((f"box hidden: {outcome} ({change:+.0%})", right == 1))
+    return findings
 
 
 def _standing(predictions: Predictions, row: int, class_index: int) -> tuple[float, int]:

@@ -20,6 +20,7 @@ from torch import nn
 
 from cnnvis_cli.data import UNLABELLED, BadSample, Batch
 from cnnvis_cli.device import autocast
+from cnnvis_cli.embeddings import FeatureTap
 from cnnvis_cli.errors import UserError, first_line
 from cnnvis_cli.memory import Halving, release_freed_memory
 from cnnvis_cli.models import Preprocess
@@ -46,8 +47,11 @@ class Predictions:
     tracked_classes: np.ndarray | None = None
     tracked_probs: np.ndarray | None = None
     tracked_ranks: np.ndarray | None = None  # 1 = the model's top guess; 0 where the class is -1
+    embeddings: np.ndarray | None = None  # N x D float16 features of the classifier head (embeddings.py); D = 0: none
 
     def __post_init__(self) -> None:
+        if self.embeddings is None:
+            self.embeddings = np.zeros((len(self.indices), 0), dtype=np.float16)
         if self.tracked_classes is None:
             self.tracked_classes = np.empty((len(self.indices), 0), dtype=np.int64)
             self.tracked_probs = np.empty((len(self.indices), 0), dtype=np.float32)
@@ -86,7 +90,7 @@ def class_name(class_names: list[str], index: int, missing: str = "") -> str:
 
 
 ARRAYS = ("indices", "labels", "predicted", "confidence", "margin", "entropy", "loss", "topk_classes", "topk_probs",
-          "tracked_classes", "tracked_probs", "tracked_ranks")
+          "tracked_classes", "tracked_probs", "tracked_ranks", "embeddings")
 
 
 def predictions_bytes(predictions: Predictions) -> bytes:
@@ -100,7 +104,13 @@ def predictions_bytes(predictions: Predictions) -> bytes:
 
 def concat_predictions(parts: list[Predictions]) -> Predictions:
     """The predictions of consecutive shards of a test set as one, in shard order."""
-    return Predictions(**{name: np.concatenate([getattr(part, name) for part in parts]) for name in ARRAYS},
+    def joined(name: str) -> np.ndarray:
+        arrays = [getattr(part, name) for part in parts]
+        if name == "embeddings":  # a shard without samples has no feature width
+            arrays = [array for array in arrays if len(array)] or arrays[:1]
+        return np.concatenate(arrays)
+
+    return Predictions(**{name: joined(name) for name in ARRAYS},
                        sample_ids=[sample_id for part in parts for sample_id in part.sample_ids],
                        bad=[bad for part in parts for bad in part.bad])
 
@@ -145,13 +155,15 @@ def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, 
             tracked: tuple[int, ...] = (), extra_columns: tuple[str, ...] = (),
             amp: bool = False, total: int | None = None, show_progress: bool = True,
             sample_id=str, strict: bool = False,
-            forward: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor] | None = None) -> Predictions:
+            forward: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor] | None = None,
+            features: FeatureTap | None = None) -> Predictions:
     """Classify every batch; write one CSV row per sample as each batch finishes.
 
     The CSV lists the top `topk` classes; `Predictions` keeps the top `keep_k` (at least `topk`), and the
     probability and rank of each sample's label and of the `tracked` classes. Unreadable samples are collected
     in `Predictions.bad`, or stop the run with `strict`. `forward(inputs, labels, indices)`, when given, gives
-    the logits instead of the model (a pass that also serves the explanation: fused.py).
+    the logits instead of the model (a pass that also serves the explanation: fused.py). With `features`
+    (open), each sample's penultimate features are kept too (`Predictions.embeddings`).
     """
     k = min(max(topk, keep_k or topk), len(class_names))
     parts: dict[str, list] = {key: [] for key in ARRAYS}
@@ -175,7 +187,10 @@ def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, 
                     else:
                         with autocast(device, amp):
                             logits = model(normalise(images[part], preprocess))
-                    return _batch_statistics(logits.float(), labels[part], k, tracked)
+                    stats = _batch_statistics(logits.float(), labels[part], k, tracked)
+                    stats["embeddings"] = features.take() if features is not None else \
+                        np.zeros((len(logits), 0), dtype=np.float16)
+                    return stats
 
                 parts_of_batch = halving.run(len(batch.indices), classify)
                 stats = {key: np.concatenate([part[key] for part in parts_of_batch]) for key in parts_of_batch[0]}
@@ -265,6 +280,8 @@ def _rows(batch: Batch, ids: list[str], stats: dict[str, np.ndarray], class_name
 
 
 def _empty(key: str, k: int, tracked: int) -> np.ndarray:
+    if key == "embeddings":
+        return np.zeros((0, 0), dtype=np.float16)
     if key.startswith(("topk", "tracked")):
         float_values = key in ("topk_probs", "tracked_probs")
         return np.empty((0, k if key.startswith("topk") else tracked), dtype=np.float32 if float_values else np.int64)

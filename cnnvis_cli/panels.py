@@ -36,6 +36,7 @@ class Tile:
     zoom: np.ndarray | None = None  # that region cut from the full-resolution original, RGB uint8
     is_true: bool = False
     note: str = ""  # why there is no zoom (an empty map, a map too spread to zoom)
+    finding: tuple[str, bool] = ("", False)  # what hiding the box did (metrics=[counterfactual]); turned right
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,10 @@ def zoom_picture(tile: Tile, size: int) -> np.ndarray:
     if tile.zoom is not None:
         picture[TITLE_HEIGHT:] = fit_image(tile.zoom, size)
         put_text(picture, "zoom on the box", 0, 31, 0.45, MUTED, width=size)
+        words, turned_right = tile.finding
+        if words:
+            put_text(picture, words, 0, 14, 0.45, TRUE_COLOUR if turned_right else TEXT, width=size,
+                     thickness=2 if turned_right else 1)
     elif tile.note:
         cv2.rectangle(picture, (0, TITLE_HEIGHT), (size - 1, TITLE_HEIGHT + size - 1), GRID_COLOUR, 1)
         for line, text in enumerate(wrap_text(tile.note, size - 16, 0.42)):

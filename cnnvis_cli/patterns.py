@@ -182,7 +182,10 @@ ANALYSES: dict[str, str] = {
     "groups": "the selected samples grouped by where the model looked for its prediction (k-means on the maps)",
     "confusions": "the mean predicted-class map of each frequent confusion (true -> predicted)",
     "classes": "per true class, the mean predicted-class map of its correct and of its wrong predictions",
+    "slices": "the test set clustered in the model's own features; the clusters where it fails, with their "
+              "confusion and mean map (needs scikit-learn: pip install 'cnnvis[slices]')",
 }
+MAP_ANALYSES = ("groups", "confusions", "classes")  # those built from the maps alone
 TOP_CONFUSIONS = 10
 MEAN_MAP_SIDE = 128
 

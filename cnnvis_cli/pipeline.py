@@ -36,6 +36,7 @@ from cnnvis_cli.data import (
     unmatched_classes,
 )
 from cnnvis_cli.device import device_of_rank, resolve_device
+from cnnvis_cli.embeddings import FeatureTap, classifier_head
 from cnnvis_cli.errors import UserError, for_terminal
 from cnnvis_cli.explain import Explained, RenderOptions, case_targets, explain_cases
 from cnnvis_cli.fused import KEPT_FILE, Key, SharedForward, kept_bytes, kept_from_bytes, worth_sharing
@@ -52,15 +53,17 @@ from cnnvis_cli.inference import (
     refuse_unreadable,
 )
 from cnnvis_cli.metrics import METRICS_FILE, MetricRecorder, finished_rows
+from cnnvis_cli.metrics.counterfactual import CounterfactualOptions
 from cnnvis_cli.models import LoadedModel, load_model, place_model, resolve_target_layer
 from cnnvis_cli.output import stdout_to_stderr
-from cnnvis_cli.patterns import MAPS_FILE, MAPS_HEADER, MapCollector, find_patterns, finished_maps
+from cnnvis_cli.patterns import MAP_ANALYSES, MAPS_FILE, MAPS_HEADER, MapCollector, find_patterns, finished_maps
 from cnnvis_cli.progress import share_progress
 from cnnvis_cli.report import write_report
 from cnnvis_cli.resume import Finished, finished_work
 from cnnvis_cli.run_dir import RunDir, read_stream
 from cnnvis_cli.sanity import cascading_randomisation, compare_maps, record_sanity
 from cnnvis_cli.selection import Case, Selection, select
+from cnnvis_cli.slices import describe_slices, find_slices
 from cnnvis_cli.targets import deepest_top, parse_targets
 from cnnvis_cli.techniques import NORMALISATION, Technique, TechniqueContext, build_technique
 from cnnvis_cli.techniques.base import inputs_per_pass
@@ -160,6 +163,9 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
         log.warning("%d dataset classes are not classes of the model; their samples count as unlabelled: %s",
                     len(unmatched), ", ".join(unmatched[:10]) + (", ..." if len(unmatched) > 10 else ""))
     parsed_targets = parse_targets(cfg.targets, class_names)
+    if "counterfactual" in cfg.metrics and "pred" not in cfg.targets:
+        log.warning("metrics=[counterfactual] tests the maps of the predicted class, and targets=%s has none; "
+                    "add pred: targets=[pred,true]", "[" + ",".join(cfg.targets) + "]")
     indices = subset_indices(len(source), cfg.dataset.limit, cfg.dataset.seed)
     layers = [resolve_target_layer(loaded.module, name, loaded.layers) for name in cfg.technique.layers] \
         if cfg.technique.layers else [loaded.target_layer]
@@ -191,6 +197,7 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
     key = prediction_key(cfg, loaded.preprocess, source, indices, class_names, label_map, keep_k, tracked, device) \
         if cache and world.main else None
     cached = cache.load(key) if cache and key else None
+    head = classifier_head(loaded.module, loaded.preprocess.input_size) if "slices" in cfg.analysis else None
     predictions = kept = claim = None
     try:
         if world.main:
@@ -208,14 +215,16 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
                              ", ".join(technique.name for technique in techniques))
             mine = shard(len(indices), world.size, world.rank)
             part_csv = "predictions.csv" if world.size == 1 else f"{RANKS_DIR}/{world.rank}/predictions.csv"
-            with run_dir.csv_stream(part_csv, prediction_header(cfg.topk, source.extra_columns)) as csv:
+            tap = FeatureTap(loaded.module, head) if "slices" in cfg.analysis else None
+            with run_dir.csv_stream(part_csv, prediction_header(cfg.topk, source.extra_columns)) as csv, \
+                    tap or nullcontext():
                 part = predict(
                     loaded.module, loader([indices[i] for i in mine], cfg.dataset.batch_size), loaded.preprocess,
                     device,
                     class_names=class_names, topk=cfg.topk, keep_k=keep_k, tracked=tracked, csv=csv,
                     extra_columns=source.extra_columns, amp=cfg.amp, total=len(mine),
                     show_progress=cfg.progress and world.main, sample_id=source.sample_id, strict=cfg.strict,
-                    forward=shared,
+                    forward=shared, features=tap,
                 )
             parts = world.gather((part, shared.kept if shared is not None else None))
             if world.main:
@@ -280,7 +289,10 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
         if metrics_header:
             csv = stack.enter_context(streams.csv_stream(METRICS_FILE, metrics_header))
             recorder = MetricRecorder(cfg.metrics, cfg.metrics_steps, loaded.preprocess,
-                                      inputs_per_pass(techniques_context(cfg, loaded, layers)), csv, has_cue)
+                                      inputs_per_pass(techniques_context(cfg, loaded, layers)), csv, has_cue,
+                                      CounterfactualOptions(cfg.counterfactual.fill, cfg.counterfactual.top_percent,
+                                                            cfg.counterfactual.draws, cfg.render.zoom_threshold,
+                                                            cfg.seed))
             recorder.keep(finished.metric_rows)
         if world.main:
             for part in rank_parts(run_dir.root):  # an earlier attempt's parts, now in rank 0's files
@@ -331,12 +343,28 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
     summary["dataset_classes_not_in_model"] = unmatched  # their samples counted as unlabelled
     if recorder is not None:
         summary["metrics"] = {"names": cfg.metrics, "steps": cfg.metrics_steps, "per_technique": recorder.summary()}
+        if "counterfactual" in cfg.metrics:
+            summary["counterfactual"] = {"fill": cfg.counterfactual.fill, "top_percent": cfg.counterfactual.top_percent,
+                                         "draws": cfg.counterfactual.draws,
+                                         "per_technique": recorder.counterfactual_summary()}
     if sanity is not None:
         summary["sanity"] = sanity
+
+    def write_file(path: str, data: bytes) -> str:
+        run_dir.write_bytes(path, data)
+        return path
+
     if collector is not None:
         collector.sort({int(predictions.indices[case.row]): place for place, case in enumerate(selection.cases)})
+    if "slices" in cfg.analysis:
+        features = f"the input of its last linear layer ({head})" if head else \
+            "its class scores (the model ends in no linear layer)"
+        summary["slices"] = describe_slices(
+            find_slices(predictions.embeddings, predictions.labels, predictions.predicted, cfg.seed), predictions,
+            class_names, features, collector, recorder.rows if recorder is not None else [], write_file)
+    if collector is not None and set(cfg.analysis) & set(MAP_ANALYSES):
         summary["patterns"] = find_patterns(collector, [t.name for t in techniques], cfg.analysis, cfg.analysis_groups,
-                                            cfg.seed, lambda path, data: (run_dir.write_bytes(path, data), path)[1])
+                                            cfg.seed, write_file)
     if cfg.report:
         write_report(run_dir.root, summary)
     stages.finish("done")

@@ -149,7 +149,21 @@ def _options(values: list[str]) -> str:
     return "".join(f'<option value="{escape(v)}">{escape(v)}</option>' for v in values)
 
 
-def _card(row: dict[str, str], run: Path, prefix: str = "") -> str:
+def hiding_marks(run: Path) -> dict[int, str]:
+    """Per sample index, what hiding each technique's zoomed box did to its wrong prediction
+    (metrics=[counterfactual], metrics.csv), as a line of HTML for its card."""
+    marks: dict[int, list[str]] = defaultdict(list)
+    for row in read_csv(run / "metrics.csv"):  # metrics.METRICS_FILE, without importing torch for a report
+        flipped, right = _number(row.get("hide_box_flips", "")), _number(row.get("hide_box_to_true", ""))
+        if flipped is None or right is None:
+            continue
+        outcome = ('<span class="true">turns it right</span>' if right == 1 else
+                   "changes the class" if flipped == 1 else "keeps the class")
+        marks[int(row["index"])].append(f"hiding {escape(row['technique'])}'s box {outcome}")
+    return {index: "; ".join(found) for index, found in marks.items()}
+
+
+def _card(row: dict[str, str], run: Path, prefix: str = "", mark: str = "") -> str:
     index = int(row["index"])
     panel = panel_path(index, row["sample_id"])
     picture = (f'<a href="{escape(prefix + panel)}"><img src="{escape(prefix + panel)}" loading="lazy" '
@@ -157,6 +171,7 @@ def _card(row: dict[str, str], run: Path, prefix: str = "") -> str:
     labelled = bool(row["label_name"])
     predicted_class = ("wrong" if row["label_name"] != row["predicted_name"] else "true") if labelled else ""
     confidence, loss = _number(row["confidence"]), _number(row["loss"])
+    hiding = f'<br><span class="reasons">{mark}</span>' if mark else ""
     return (
         f'<div class="card" data-rank="{escape(row["rank"])}" data-reason="{escape(row["reasons"])}" '
         f'data-truth="{escape(row["label_name"])}" data-predicted="{escape(row["predicted_name"])}" '
@@ -165,7 +180,7 @@ def _card(row: dict[str, str], run: Path, prefix: str = "") -> str:
         f'true <span class="{"true" if labelled else ""}">{escape(row["label_name"] or "unlabelled")}</span>, '
         f'predicted <span class="{predicted_class}">{escape(row["predicted_name"])}</span> '
         f'({confidence:.1%}{"" if loss is None else f", loss {loss:.2f}"}) '
-        f'<span class="reasons">{escape(row["reasons"].replace("|", ", "))}</span></div>{picture}</div>'
+        f'<span class="reasons">{escape(row["reasons"].replace("|", ", "))}</span>{hiding}</div>{picture}</div>'
     )
 
 
@@ -221,6 +236,8 @@ def _metrics(summary: dict[str, Any]) -> str:
         return ""
     keys = [key for key in METRIC_HEADINGS
             if any(key in group for groups in per_technique.values() for group in groups.values())]
+    if not keys:  # only the counterfactual test, which has its own section
+        return ""
     head = "".join(f"<th>{escape(METRIC_HEADINGS[key])}</th>" for key in keys)
     lines = "".join(
         f'<tr><td>{escape(technique)}</td><td>{escape(group)}</td><td class="n">{values.get("maps", 0)}</td>'
@@ -231,6 +248,77 @@ def _metrics(summary: dict[str, Any]) -> str:
     return ('<h2>Can these heatmaps be trusted?</h2><p class="facts">Means over the maps of each technique '
             "(metrics.csv has one row per map).</p>"
             f"<table><tr><th>technique</th><th>which maps</th><th>maps</th>{head}</tr>{lines}</table>")
+
+
+REGION_WORDS = {"box": "the box its zoom shows", "top": "its top {top_percent:g}% pixels"}
+
+
+def _counterfactual_line(technique: str, region: str, found: dict[str, float], settings: dict[str, Any]) -> str:
+    """One sentence of what hiding a map's region did to the wrong predictions, against the control."""
+    words = REGION_WORDS[region].format(top_percent=settings.get("top_percent", 10))
+    return (f"{escape(technique)}: hiding {words} ({settings.get('fill', 'mean')} fill) turns "
+            f"<b>{found['hidden_to_true']} of {found['wrong']}</b> wrong predictions right and changes "
+            f"{found['hidden_flips']}; hiding a random region of the same shape: {found['random_to_true']:g} and "
+            f"{found['random_flips']:g} (mean of {settings.get('draws', 0)} draws)")
+
+
+def _counterfactual(summary: dict[str, Any]) -> str:
+    """The counterfactual test per technique and region, when the run made it."""
+    found = summary.get("counterfactual", {})
+    per_technique = found.get("per_technique", {})
+    if not per_technique:
+        return ""
+    lines = "".join(
+        f'<tr><td>{escape(technique)}</td><td>{escape(REGION_WORDS[region].format(top_percent=found["top_percent"]))}'
+        f'</td><td class="n">{values["area"]:.1%}</td><td class="n">{values["wrong"]}</td>'
+        f'<td class="n">{values["hidden_to_true"]}</td><td class="n">{values["random_to_true"]:g}</td>'
+        f'<td class="n">{values["hidden_flips"]}</td><td class="n">{values["random_flips"]:g}</td>'
+        f'<td class="n">{values["hidden_pred_change"]:+.3f}</td><td class="n">{values["random_pred_change"]:+.3f}</td>'
+        f'<td class="n">{values["kept_same"]}</td></tr>'
+        for technique, regions in per_technique.items() for region, values in regions.items())
+    return (
+        '<h2>Does the region cause the prediction?</h2><p class="facts">Each wrong prediction predicted again with '
+        f"the region its predicted-class map points at hidden ({escape(str(found['fill']))} fill), and, as the "
+        f"control, with a region of the same shape at a random place hidden ({found['draws']} draws, the mean "
+        "shown). A region is a cause when hiding it turns far more predictions than the control does. "
+        "metrics.csv has the figures of every sample.</p>"
+        "<table><tr><th>technique</th><th>region hidden</th><th>of the image</th><th>wrong predictions</th>"
+        "<th>turned right</th><th>control: turned right</th><th>class changed</th><th>control: changed</th>"
+        "<th>predicted class's probability: mean change</th><th>control</th><th>region alone keeps the class</th></tr>"
+        f"{lines}</table>")
+
+
+def _slices(summary: dict[str, Any]) -> str:
+    """The slices of the test set where the model fails, when the run found them (analysis=[slices])."""
+    found = summary.get("slices")
+    if found is None:
+        return ""
+    heading = "<h2>Slices: where the failures gather in the model's features</h2>"
+    if not found["slices"]:
+        return (f'{heading}<p class="facts">No cluster of {escape(found["features"])} holds 3 or more wrong '
+                "predictions.</p>")
+    parts = [heading, f'<p class="facts">The labelled samples clustered by {escape(found["features"])} '
+             f"(PCA, then k-means started from the frequent confusions), the clusters with the highest error rate "
+             f"first; the error rate over all samples is {found['error_rate']:.1%}. Members: "
+             "patterns/slices.csv.</p>"]
+    for item in found["slices"]:
+        maps = "".join(_figure(path, f"{technique}: mean map of its wrong predictions")
+                       for technique, path in item["maps"].items())
+        hiding = "; ".join(
+            f"hiding {escape(technique)}'s box turns {figures['turned_right']} of {figures['measured']} right "
+            f"(a random region: {figures['random_turned_right']:g})"
+            for technique, figures in item["counterfactual"].items())
+        thumbs = "".join(f'<a href="{escape(path)}"><img class="thumb" src="{escape(path)}" loading="lazy" '
+                         f'alt="a wrong prediction of slice {item["slice"]}"></a>'
+                         for path in item["overlays"][:THUMBNAILS])
+        confusion, named = item["confusion"], item["predicted"]
+        parts.append(
+            f'<div class="group"><div class="means">{maps}</div><div><b>slice {item["slice"]}</b>: {item["size"]} '
+            f'samples, <b>{item["wrong"]} wrong ({item["error_rate"]:.0%})</b>; its wrong predictions name '
+            f'{escape(named["class"])} {named["count"]} times; most frequent confusion '
+            f'{escape(confusion["true"])} &rarr; {escape(confusion["predicted"])} ({confusion["count"]})'
+            f'{f"<br>{hiding}" if hiding else ""}<br>{thumbs}</div></div>')
+    return "".join(parts)
 
 
 THUMBNAILS = 12
@@ -352,6 +440,16 @@ def _findings(summary: dict[str, Any], predictions: list[dict[str, str]]) -> lis
         lines.append(f"most frequent confusions: {listed}: {share} of the {len(wrong)} wrong predictions")
     for technique, groups in summary.get("metrics", {}).get("per_technique", {}).items():
         lines += _metric_findings(technique, groups)
+    counterfactual = summary.get("counterfactual", {})
+    for technique, regions in counterfactual.get("per_technique", {}).items():
+        if "box" in regions:
+            lines.append(_counterfactual_line(technique, "box", regions["box"], counterfactual))
+    slices = summary.get("slices", {}).get("slices", [])
+    if slices:
+        top = slices[0]
+        lines.append(f"slice 1 of {len(slices)} in the model's features: {top['size']} samples, {top['wrong']} of them "
+                     f"wrong ({top['error_rate']:.0%}, against {summary['slices']['error_rate']:.0%} overall); they "
+                     f"name {escape(top['predicted']['class'])} {top['predicted']['count']} times")
     for technique, found in summary.get("patterns", {}).items():
         for group in found.get("groups", []):
             if group["size"] < 3 or group["wrong"] < 0.8 * group["size"]:
@@ -400,7 +498,8 @@ def _with_id(html: str, anchor: str) -> str:
 
 def _gallery(selected: list[dict[str, str]], run: Path, reasons: list[str], truths: list[str],
              guesses: list[str]) -> str:
-    cards = "".join(_card(row, run) for row in selected)
+    marks = hiding_marks(run)
+    cards = "".join(_card(row, run, mark=marks.get(int(row["index"]), "")) for row in selected)
     count = len(selected)
     return f"""<h2 id="gallery-title">Selected samples (<span id="shown">{count}</span> shown of {count})</h2>
 <div class="controls">
@@ -436,7 +535,9 @@ def write_report(run: Path, summary: dict[str, Any] | None = None) -> Path:
     sections = [  # (id, heading in the navigation, html); empty ones are left out
         ("confusions", "confusions", "<h2 id=\"confusions\">Most frequent confusions (true &rarr; predicted)</h2>"
                                      + _confusions(predictions)),
+        ("counterfactual", "does the region cause it?", _counterfactual(summary)),
         ("metrics", "heatmap metrics", _metrics(summary)),
+        ("slices", "slices", _slices(summary)),
         ("patterns", "what the failures share", _patterns(summary)),
         ("sanity", "sanity check", _sanity(summary)),
         ("gallery-title", "gallery", _gallery(selected, run, reasons, truths, guesses)),
@@ -492,6 +593,8 @@ def _ranking(jobs: list[Path], summaries: list[dict[str, Any]]) -> str:
         return ""
     entries.sort(key=lambda entry: entry[2].get("insertion_auc", 0) - entry[2].get("deletion_auc", 0), reverse=True)
     keys = [key for key in METRIC_HEADINGS if any(key in values for _, _, values in entries)]
+    if not keys:  # only the counterfactual test, which has its own section
+        return ""
     head = "".join(f"<th>{escape(METRIC_HEADINGS[key])}</th>" for key in keys)
     lines = "".join(
         f'<tr><td>{rank}</td><td>{escape(technique)}</td><td>{escape(job.name)}</td>'

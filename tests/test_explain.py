@@ -58,7 +58,8 @@ def test_a_panel_shows_the_probabilities_and_ranks_the_inference_stage_kept() ->
     technique = SimpleNamespace(name="gradcam")
     pictures = np.zeros((len(rows), 8, 8, 3), dtype=np.uint8)
     options = RenderOptions("jet", 0.5, save_maps=False, panels=True, zoom=False, topn=2)
-    content = _panel_content(case, 7, rows, 0, [(technique, pictures, None)], np.zeros((8, 8, 3), np.uint8),
+    drawn = [(technique, pictures, None, [("", False)] * len(rows))]
+    content = _panel_content(case, 7, rows, 0, drawn, np.zeros((8, 8, 3), np.uint8),
                              predictions, list("abcd"), None, None, options, [])
     assert [(tile.class_name, tile.rank, tile.probability) for tile in content.tiles] == \
         [("c", 1, 0.6), ("b", 4, 0.05), ("d", 5, 0.02)]

@@ -16,6 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnvis_cli.metrics.counterfactual import (
+    CounterfactualOptions,
+    counterfactual_columns,
+    counterfactual_summary,
+    region_outcomes,
+)
 from cnnvis_cli.metrics.faithfulness import faithfulness
 from cnnvis_cli.metrics.localisation import (
     POINTING_TOLERANCE,
@@ -38,6 +44,8 @@ METRICS: dict[str, str] = {
     "drop": "average drop and increase in confidence when only the map's region is kept",
     "pointing": "pointing game: the map's peak inside the object's box (datasets with boxes)",
     "energy": "share of the map's mass inside the object's box (datasets with boxes)",
+    "counterfactual": "wrong predictions predicted again with the map's region hidden, against a random region of "
+                      "the same shape",
 }
 METRICS_FILE = "metrics.csv"
 BOX_COLUMNS = {"object": "object_box", "cue": "cue_box"}  # dataset columns holding boxes; the demo has both
@@ -51,6 +59,8 @@ def metric_columns(names: list[str], has_cue: bool) -> list[str]:
             columns.append(f"{name}_auc")
         elif name == "drop":
             columns += ["drop", "increase"]
+        elif name == "counterfactual":
+            columns += counterfactual_columns()
         else:
             columns += [f"{name}_{box}" for box in BOX_COLUMNS if box == "object" or has_cue]
             if name == "pointing" and has_cue:
@@ -70,6 +80,7 @@ class RowInfo:
     target_class: str
     correct: bool | None  # None when unlabelled
     true_class: str = ""  # "" when unlabelled
+    true_index: int = -1  # -1 when unlabelled
 
     @property
     def explains_prediction(self) -> bool:
@@ -81,8 +92,9 @@ class MetricRecorder:
     """Computes the chosen metrics batch by batch, streams them to a CSV and keeps them for the averages."""
 
     def __init__(self, names: list[str], steps: int, preprocess: Preprocess, batch_size: int, csv: CsvStream,
-                 has_cue: bool) -> None:
+                 has_cue: bool, counterfactual: CounterfactualOptions | None = None) -> None:
         self.names, self.steps, self.preprocess, self.batch_size = names, steps, preprocess, batch_size
+        self.counterfactual = counterfactual or CounterfactualOptions()
         self.csv = csv
         self.columns = metric_columns(names, has_cue)
         self.rows: list[dict[str, Any]] = []
@@ -93,9 +105,12 @@ class MetricRecorder:
 
     def record(self, technique: str, model: nn.Module, images: torch.Tensor, image_rows: torch.Tensor,
                targets: torch.Tensor, maps: torch.Tensor, infos: list[RowInfo],
-               extras: list[dict[str, str]]) -> None:
-        """Score the R maps of one technique on one batch (`images` normalised, B x 3 x H x W)."""
+               extras: list[dict[str, str]]) -> dict[str, list[float]]:
+        """Score the R maps of one technique on one batch (`images` normalised, B x 3 x H x W); returns each
+        column's R values (NaN where a row has none)."""
         values: dict[str, torch.Tensor] = {}
+        if "counterfactual" in self.names:
+            values |= self._counterfactual(model, images, image_rows, targets, maps, infos)
         if {"deletion", "insertion", "drop"} & set(self.names):
             mean, std = self.preprocess.mean, self.preprocess.std
             result = faithfulness(model, images, image_rows, targets, maps, steps=self.steps,
@@ -130,6 +145,25 @@ class MetricRecorder:
                   *(_number(table[name][row]) if name in table else "" for name in self.columns)]
                  for row, info in enumerate(infos)]
         self.keep(lines)
+        return table
+
+    def _counterfactual(self, model: nn.Module, images: torch.Tensor, image_rows: torch.Tensor,
+                        targets: torch.Tensor, maps: torch.Tensor, infos: list[RowInfo]) -> dict[str, torch.Tensor]:
+        """The counterfactual columns: measured for the predicted-class maps of wrong predictions, NaN for the
+        other rows."""
+        wrong = [row for row, info in enumerate(infos) if info.explains_prediction and info.correct is False
+                 and info.true_index >= 0]
+        columns = {name: torch.full((len(infos),), math.nan, device=maps.device) for name in counterfactual_columns()}
+        if not wrong:
+            return columns
+        chosen = torch.tensor(wrong, device=maps.device)
+        true = torch.tensor([infos[row].true_index for row in wrong], device=maps.device)
+        found = region_outcomes(model, images, image_rows[chosen], targets[chosen], true, maps[chosen],
+                               [infos[row].index for row in wrong], self.counterfactual, self.preprocess.mean,
+                               self.preprocess.std, self.batch_size)
+        for name, value in found.items():
+            columns[name][chosen] = value
+        return columns
 
     def keep(self, lines: list[list[str]]) -> None:
         """Take CSV rows (as `header()` orders them) into the file and the averages: fresh ones from
@@ -137,7 +171,8 @@ class MetricRecorder:
         for line in lines:
             row = dict(zip(ROW_COLUMNS + self.columns, line, strict=True))
             self.rows.append({
-                "technique": row["technique"], "prediction": explains_prediction(row["target"]),
+                "index": int(row["index"]), "technique": row["technique"],
+                "prediction": explains_prediction(row["target"]),
                 "correct": flag_from_cell(row["correct"]),
                 **{name: float(row[name]) if row[name] else math.nan for name in self.columns},
             })
@@ -169,6 +204,15 @@ class MetricRecorder:
                 technique_groups["predicted class, correct" if row["correct"] else "predicted class, wrong"].append(row)
         return {technique: {group: _means(rows, self.columns) for group, rows in by_group.items()}
                 for technique, by_group in groups.items()}
+
+
+    def counterfactual_summary(self) -> dict[str, dict[str, dict[str, float | int]]]:
+        """Per technique and region: what hiding it did to the wrong predictions, beside the random control."""
+        by_technique: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in self.rows:
+            by_technique[row["technique"]].append(row)
+        found = {technique: counterfactual_summary(rows) for technique, rows in by_technique.items()}
+        return {technique: regions for technique, regions in found.items() if regions}
 
 
 def finished_rows(run_root: Path, header: list[str]) -> dict[int, list[list[str]]]:
