@@ -97,3 +97,24 @@ def test_bad_samples_are_collected_not_fatal(tmp_path: Path) -> None:
         p = predict(FixedLogits(torch.tensor([[1.0, 0.0]])), [good, bad], IDENTITY, torch.device("cpu"),
                     class_names=["a", "b"], topk=1, csv=stream, show_progress=False)
     assert len(p) == 1 and p.bad == [BadSample(7, "x.jpg", "truncated")]
+
+
+def test_features_are_kept_stored_and_joined_across_shards(tmp_path: Path) -> None:
+    from cnnvis_cli.embeddings import FeatureTap
+    from cnnvis_cli.inference import concat_predictions
+
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 3.0, 1.0]])
+    model = FixedLogits(logits)
+    run_dir = RunDir(tmp_path)
+    with run_dir.csv_stream("predictions.csv", prediction_header(2, [])) as stream, FeatureTap(model, None) as tap:
+        p = predict(model, batches([0, 2, 1]), IDENTITY, torch.device("cpu"), class_names=["a", "b", "c"], topk=2,
+                    csv=stream, show_progress=False, features=tap)
+    np.testing.assert_array_equal(p.embeddings, logits.numpy().astype(np.float16))  # a model with no head
+    again = predictions_from_bytes(predictions_bytes(p))
+    np.testing.assert_array_equal(again.embeddings, p.embeddings)
+    with run_dir.csv_stream("empty.csv", prediction_header(2, [])) as stream:
+        empty = predict(model, batches([]), IDENTITY, torch.device("cpu"), class_names=["a", "b", "c"], topk=2,
+                        csv=stream, show_progress=False)
+    joined = concat_predictions([p, empty, p])  # a shard without samples has no feature width
+    assert joined.embeddings.shape == (6, 3)
+    assert p.embeddings.dtype == np.float16 and empty.embeddings.shape == (0, 0)
