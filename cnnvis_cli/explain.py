@@ -35,6 +35,7 @@ from cnnvis_cli.selection import Case
 from cnnvis_cli.targets import Target, targets_for
 from cnnvis_cli.techniques import Explanation, Technique
 from cnnvis_cli.techniques.base import passes_reported_to
+from cnnvis_cli.techniques.contrast import scoring_pair
 
 
 @dataclass
@@ -114,12 +115,12 @@ def explain_cases(batches: Iterable[Batch], cases: list[Case], predictions: Pred
                     explanation = Explanation(maps)
                 else:
                     with passes_reported_to(_BarShare(bar, task, start, share)):
-                        explanation = explain_in_parts(technique, model_input, image_rows, target_classes,
-                                                       halvings.setdefault(technique.name, Halving(technique.name)))
+                        explanation = explain_targets(technique, model_input, rows, image_rows, target_classes,
+                                                      halvings.setdefault(technique.name, Halving(technique.name)))
                 measured: dict[str, list[float]] = {}
                 if recorder is not None:
-                    measured = recorder.record(technique.name, technique.model, model_input, image_rows,
-                                               target_classes, explanation.maps, infos, batch.extras)
+                    measured = _record_metrics(recorder, technique, model_input, rows, image_rows, target_classes,
+                                               explanation.maps, infos, batch.extras)
                 if explanation.signed is None:
                     pictures = overlay(images[image_rows], explanation.maps, lut, options.alpha)
                     raw_maps = explanation.maps
@@ -186,7 +187,7 @@ def _row_infos(rows: list[tuple[int, Target]], batch: Batch, batch_cases: list[C
         row = batch_cases[position].row
         labelled = bool(predictions.labelled[row])
         infos.append(RowInfo(batch.indices[position], predictions.sample_ids[row], target.role,
-                             class_names[target.class_index], bool(predictions.correct[row]) if labelled else None,
+                             target.name(class_names), bool(predictions.correct[row]) if labelled else None,
                              class_name(class_names, int(predictions.labels[row])),
                              int(predictions.labels[row]) if labelled else -1))
     return infos
@@ -232,8 +233,9 @@ def _panel_content(case: Case, index: int, rows: list[tuple[int, Target]], posit
                                              preprocess.input_size)
                 zoom = original[y0:y1, x0:x1] if x1 > x0 and y1 > y0 else None
             probability, rank = _standing(predictions, case.row, target.class_index)
-            tiles.append(Tile(technique.name, target.role, class_names[target.class_index], rank, probability,
-                              pictures[row], box, zoom, is_true=target.class_index == label, note=note,
+            tiles.append(Tile(technique.name, target.role, target.name(class_names), rank, probability,
+                              pictures[row], box, zoom, is_true=target.class_index == label and target.against is None,
+                              note=note,
                               finding=findings[row]))
     guesses = zip(predictions.topk_classes[case.row][:options.topn], predictions.topk_probs[case.row], strict=False)
     top = [(class_names[c], float(p), int(c) == label, place) for place, (c, p) in enumerate(guesses, start=1)]
@@ -296,6 +298,56 @@ def _original(source: Source | None, index: int) -> np.ndarray | None:
         return None
 
 
+def explain_targets(technique: Technique, images: torch.Tensor, rows: list[tuple[int, Target]],
+                    image_rows: torch.Tensor, target_classes: torch.Tensor, halving: Halving) -> Explanation:
+    """The maps of every row: the class targets in one call, each contrast (predicted, true) pair in a call of
+    its own over the images that have it, with the model scoring the pair (techniques/contrast.py)."""
+    plain = [number for number, (_, target) in enumerate(rows) if target.against is None]
+    pairs: dict[tuple[int, int], list[int]] = {}
+    for number, (_, target) in enumerate(rows):
+        if target.against is not None:
+            pairs.setdefault((target.class_index, target.against), []).append(number)
+    if not pairs:
+        return explain_in_parts(technique, images, image_rows, target_classes, halving)
+    parts: list[tuple[list[int], Explanation]] = []
+    if plain:
+        chosen = torch.tensor(plain, device=images.device)
+        parts.append((plain, explain_in_parts(technique, images, image_rows[chosen], target_classes[chosen], halving)))
+    for (target, against), numbers in pairs.items():
+        positions = sorted({rows[number][0] for number in numbers})
+        place = {position: local for local, position in enumerate(positions)}
+        local_rows = torch.tensor([place[rows[number][0]] for number in numbers], device=images.device)
+        with scoring_pair(technique.model, target, against):
+            parts.append((numbers, explain_in_parts(technique, images[positions], local_rows,
+                                                    torch.zeros_like(local_rows), halving)))
+    order = torch.tensor([number for numbers, _ in parts for number in numbers], device=images.device)
+    back = torch.empty_like(order)
+    back[order] = torch.arange(len(order), device=images.device)
+    maps = torch.cat([part.maps for _, part in parts])[back]
+    signed = None if parts[0][1].signed is None else torch.cat([part.signed for _, part in parts])[back]
+    return Explanation(maps, signed)
+
+
+def _record_metrics(recorder: MetricRecorder, technique: Technique, images: torch.Tensor,
+                    rows: list[tuple[int, Target]], image_rows: torch.Tensor, target_classes: torch.Tensor,
+                    maps: torch.Tensor, infos: list[RowInfo], extras: list[dict[str, str]]) -> dict[str, list[float]]:
+    """Score the maps of the class targets, and of the contrasts only with the metrics that read the map alone
+    (a contrast's score is no class's probability); returns each column's values for every row."""
+    measured: dict[str, list[float]] = {}
+    for scores in (True, False):
+        numbers = [number for number, (_, target) in enumerate(rows) if (target.against is None) == scores]
+        if not numbers:
+            continue
+        chosen = torch.tensor(numbers, device=maps.device)
+        found = recorder.record(technique.name, technique.model, images, image_rows[chosen], target_classes[chosen],
+                                maps[chosen], [infos[number] for number in numbers], extras, scores=scores)
+        for column, values in found.items():
+            filled = measured.setdefault(column, [math.nan] * len(rows))
+            for number, value in zip(numbers, values, strict=True):
+                filled[number] = value
+    return measured
+
+
 def explain_in_parts(technique: Technique, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor,
                      halving: Halving) -> Explanation:
     """`technique.explain` over the batch, split into fewer images at a time when the GPU runs out of memory
@@ -317,7 +369,7 @@ def output_paths(technique: str, index: int, case: Case, target: Target, predict
     """Where one (sample, target) overlay and raw map of a technique go, relative to the run directory."""
     name = heatmap_name(index, predictions.sample_ids[case.row],
                         class_name(class_names, int(predictions.labels[case.row]), "unknown"),
-                        class_names[target.class_index])
+                        target.name(class_names))
     return f"heatmaps/{technique}/{name}.png", f"maps/{technique}/{name}.npy"
 
 

@@ -54,7 +54,7 @@ def worth_sharing(selection: SelectionConfig, count: int, techniques: Sequence[T
     targets_per_sample = sum(deepest_top([spec]) or 1 for spec in parsed_targets)
     kept = count * targets_per_sample * len(techniques) * layer_cells * 4
     return takes_every_sample(selection, count) and shares_forward(techniques) and not amp_on_gpu \
-        and kept <= KEPT_BUDGET
+        and kept <= KEPT_BUDGET and "contrast" not in parsed_targets  # a contrast scores another output
 
 
 class SharedForward:

@@ -1,4 +1,6 @@
-"""Targets: which classes to explain for each selected sample (`targets=[pred,true,top3,dishwasher]`)."""
+"""Targets: which classes to explain for each selected sample (`targets=[pred,true,top3,dishwasher]`), and
+`contrast`: why the predicted class rather than the true one, the difference of their two logits
+(Prabhushankar et al., "Contrastive Explanations in Neural Networks", ICIP 2020)."""
 
 from __future__ import annotations
 
@@ -17,10 +19,16 @@ class Target:
 
     class_index: int
     role: str
+    against: int | None = None  # contrast: the score is this class's logit minus that of `against`
 
     @property
     def explains_prediction(self) -> bool:
         return explains_prediction(self.role)
+
+    def name(self, class_names: list[str]) -> str:
+        """`circle`, or for a contrast `circle vs triangle`."""
+        named = class_names[self.class_index]
+        return named if self.against is None else f"{named} vs {class_names[self.against]}"
 
 
 def explains_prediction(role: str) -> bool:
@@ -34,7 +42,7 @@ def parse_targets(specs: list[str], class_names: list[str]) -> list[str | int]:
     parsed: list[str | int] = []
     for spec in map(str, specs):
         named = matching_classes(spec, class_names)
-        if spec in ("pred", "true") or _TOP.fullmatch(spec):
+        if spec in ("pred", "true", "contrast") or _TOP.fullmatch(spec):
             parsed.append(spec)
         elif len(named) == 1:
             parsed.append(named[0])
@@ -45,7 +53,8 @@ def parse_targets(specs: list[str], class_names: list[str]) -> list[str | int]:
             parsed.append(int(spec))
         else:
             matches = close_matches(spec, class_names)
-            hint = f"did you mean {', '.join(matches)}?" if matches else "use pred, true, topN, a class name or index"
+            hint = f"did you mean {', '.join(matches)}?" if matches else \
+                "use pred, true, contrast, topN, a class name or index"
             raise UserError(f"unknown target '{spec}': the model has no such class; {hint}")
     return parsed
 
@@ -57,8 +66,12 @@ def deepest_top(parsed: list[str | int]) -> int:
 
 def targets_for(parsed: list[str | int], predicted: int, label: int | None, ranked: list[int]) -> list[Target]:
     """The distinct classes to explain for one sample, in the order asked; roles merge on duplicates."""
-    roles: dict[int, list[str]] = {}
+    roles: dict[tuple[int, int | None], list[str]] = {}
     for spec in parsed:
+        if spec == "contrast":  # only where the prediction is wrong: predicted against true
+            if label is not None and label != predicted:
+                roles.setdefault((predicted, label), []).append("contrast")
+            continue
         if spec == "pred":
             picks = [(predicted, "pred")]
         elif spec == "true":
@@ -69,5 +82,5 @@ def targets_for(parsed: list[str | int], predicted: int, label: int | None, rank
         else:
             picks = [(spec, "named")]
         for cls, role in picks:
-            roles.setdefault(int(cls), []).append(role)
-    return [Target(cls, "+".join(dict.fromkeys(r))) for cls, r in roles.items()]
+            roles.setdefault((int(cls), None), []).append(role)
+    return [Target(cls, "+".join(dict.fromkeys(r)), against) for (cls, against), r in roles.items()]

@@ -48,3 +48,14 @@ def test_a_name_of_two_classes_asks_for_the_index() -> None:
     assert parse_targets(["Cardigan", "cardigan", "474"], names) == [264, 474, 474]
     with pytest.raises(UserError, match=r"target 'CARDIGAN' names 2 classes \(264, 474\); give the one you mean by"):
         parse_targets(["CARDIGAN"], names)
+
+
+def test_a_contrast_is_its_own_target_and_only_for_a_wrong_prediction() -> None:
+    wrong = targets_for(["pred", "true", "contrast"], predicted=2, label=0, ranked=[2, 0, 1])
+    assert [(t.class_index, t.role, t.against) for t in wrong] == [(2, "pred", None), (0, "true", None),
+                                                                   (2, "contrast", 0)]
+    assert wrong[2].name(["circle", "square", "triangle"]) == "triangle vs circle"
+    assert not wrong[2].explains_prediction  # its maps are no class's: not among the predicted-class maps
+    assert targets_for(["contrast"], predicted=1, label=1, ranked=[1, 0]) == []  # right: nothing to contrast
+    assert targets_for(["contrast"], predicted=1, label=None, ranked=[1, 0]) == []  # unlabelled
+    assert parse_targets(["pred", "contrast"], ["a", "b"]) == ["pred", "contrast"]

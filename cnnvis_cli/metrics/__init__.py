@@ -105,13 +105,14 @@ class MetricRecorder:
 
     def record(self, technique: str, model: nn.Module, images: torch.Tensor, image_rows: torch.Tensor,
                targets: torch.Tensor, maps: torch.Tensor, infos: list[RowInfo],
-               extras: list[dict[str, str]]) -> dict[str, list[float]]:
+               extras: list[dict[str, str]], scores: bool = True) -> dict[str, list[float]]:
         """Score the R maps of one technique on one batch (`images` normalised, B x 3 x H x W); returns each
-        column's R values (NaN where a row has none)."""
+        column's R values (NaN where a row has none). With `scores=False` (the maps of a contrast, whose score
+        is no class's probability) only the metrics that read the map alone are computed (pointing, energy)."""
         values: dict[str, torch.Tensor] = {}
-        if "counterfactual" in self.names:
+        if "counterfactual" in self.names and scores:
             values |= self._counterfactual(model, images, image_rows, targets, maps, infos)
-        if {"deletion", "insertion", "drop"} & set(self.names):
+        if {"deletion", "insertion", "drop"} & set(self.names) and scores:
             mean, std = self.preprocess.mean, self.preprocess.std
             result = faithfulness(model, images, image_rows, targets, maps, steps=self.steps,
                                   black=baseline_images("black", images, mean, std),
@@ -171,7 +172,7 @@ class MetricRecorder:
         for line in lines:
             row = dict(zip(ROW_COLUMNS + self.columns, line, strict=True))
             self.rows.append({
-                "index": int(row["index"]), "technique": row["technique"],
+                "index": int(row["index"]), "technique": row["technique"], "target": row["target"],
                 "prediction": explains_prediction(row["target"]),
                 "correct": flag_from_cell(row["correct"]),
                 **{name: float(row[name]) if row[name] else math.nan for name in self.columns},
@@ -194,11 +195,14 @@ class MetricRecorder:
         return table[image_rows], known
 
     def summary(self) -> dict[str, dict[str, dict[str, float | int]]]:
-        """Per technique, the means over all rows, and over the predicted-class maps of correct and of wrong
-        predictions (NaN values, such as empty maps, left out)."""
+        """Per technique, the means over all rows of class targets, over the predicted-class maps of correct and
+        of wrong predictions, and over the contrast maps (NaN values, such as empty maps, left out)."""
         groups: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
         for row in self.rows:
             technique_groups = groups[row["technique"]]
+            if row["target"] == "contrast":  # targets=[contrast]: wrong predictions only, a group of their own
+                technique_groups["contrast: predicted vs true"].append(row)
+                continue
             technique_groups["all maps"].append(row)
             if row["prediction"] and row["correct"] is not None:
                 technique_groups["predicted class, correct" if row["correct"] else "predicted class, wrong"].append(row)
