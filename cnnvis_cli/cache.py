@@ -195,6 +195,7 @@ def prediction_key(cfg: RunConfig, preprocess: Preprocess, source: Source, indic
         "device": device.type,
         "amp": cfg.amp and device.type == "cuda",
         "embeddings": "slices" in cfg.analysis,  # the penultimate features kept beside the predictions
+        "exemplars": cfg.model.target_layer if "channels" in cfg.analysis else False,  # and the channels' samples
         "versions": {"cnnvis": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__},
     }
 

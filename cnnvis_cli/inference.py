@@ -22,6 +22,8 @@ from cnnvis_cli.data import UNLABELLED, BadSample, Batch
 from cnnvis_cli.device import autocast
 from cnnvis_cli.embeddings import FeatureTap
 from cnnvis_cli.errors import UserError, first_line
+from cnnvis_cli.exemplars import NAMES as EXEMPLAR_ARRAYS
+from cnnvis_cli.exemplars import ExemplarCollector, Exemplars, merge_exemplars
 from cnnvis_cli.memory import Halving, release_freed_memory
 from cnnvis_cli.models import Preprocess
 from cnnvis_cli.progress import progress_bar
@@ -48,6 +50,7 @@ class Predictions:
     tracked_probs: np.ndarray | None = None
     tracked_ranks: np.ndarray | None = None  # 1 = the model's top guess; 0 where the class is -1
     embeddings: np.ndarray | None = None  # N x D float16 features of the classifier head (embeddings.py); D = 0: none
+    exemplars: Exemplars | None = None  # per channel of the target layer, the samples where it fires most
 
     def __post_init__(self) -> None:
         if self.embeddings is None:
@@ -96,7 +99,11 @@ ARRAYS = ("indices", "labels", "predicted", "confidence", "margin", "entropy", "
 def predictions_bytes(predictions: Predictions) -> bytes:
     """`Predictions` at full precision as .npz bytes: what `cnnvis run resume=...` reuses."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: getattr(predictions, name) for name in ARRAYS},
+    exemplars = predictions.exemplars
+    kept = {} if exemplars is None else {
+        **{f"exemplar_{name}": getattr(exemplars, name) for name in EXEMPLAR_ARRAYS},
+        "exemplar_grid": np.asarray(exemplars.grid, dtype=np.int64)}
+    np.savez(buffer, **{name: getattr(predictions, name) for name in ARRAYS}, **kept,
              sample_ids=np.array(predictions.sample_ids, dtype=str),
              bad=np.array([(str(b.index), b.sample_id, b.reason) for b in predictions.bad], dtype=str).reshape(-1, 3))
     return buffer.getvalue()
@@ -111,6 +118,7 @@ def concat_predictions(parts: list[Predictions]) -> Predictions:
         return np.concatenate(arrays)
 
     return Predictions(**{name: joined(name) for name in ARRAYS},
+                       exemplars=merge_exemplars([part.exemplars for part in parts]),
                        sample_ids=[sample_id for part in parts for sample_id in part.sample_ids],
                        bad=[bad for part in parts for bad in part.bad])
 
@@ -125,7 +133,10 @@ def predictions_from_bytes(data: bytes) -> Predictions:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as stored:
             bad = [BadSample(int(index), str(sample_id), str(reason)) for index, sample_id, reason in stored["bad"]]
-            predictions = Predictions(**{name: stored[name] for name in ARRAYS},
+            exemplars = None if "exemplar_values" not in stored else Exemplars(
+                *(stored[f"exemplar_{name}"] for name in EXEMPLAR_ARRAYS),
+                tuple(int(side) for side in stored["exemplar_grid"]))  # type: ignore[arg-type]
+            predictions = Predictions(**{name: stored[name] for name in ARRAYS}, exemplars=exemplars,
                                       sample_ids=[str(i) for i in stored["sample_ids"]], bad=bad)
         rows = {len(getattr(predictions, name)) for name in ARRAYS} | {len(predictions.sample_ids)}
     except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as error:
@@ -156,14 +167,15 @@ def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, 
             amp: bool = False, total: int | None = None, show_progress: bool = True,
             sample_id=str, strict: bool = False,
             forward: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor] | None = None,
-            features: FeatureTap | None = None) -> Predictions:
+            features: FeatureTap | None = None, exemplars: ExemplarCollector | None = None) -> Predictions:
     """Classify every batch; write one CSV row per sample as each batch finishes.
 
     The CSV lists the top `topk` classes; `Predictions` keeps the top `keep_k` (at least `topk`), and the
     probability and rank of each sample's label and of the `tracked` classes. Unreadable samples are collected
     in `Predictions.bad`, or stop the run with `strict`. `forward(inputs, labels, indices)`, when given, gives
     the logits instead of the model (a pass that also serves the explanation: fused.py). With `features`
-    (open), each sample's penultimate features are kept too (`Predictions.embeddings`).
+    (open), each sample's penultimate features are kept too (`Predictions.embeddings`); with `exemplars`
+    (open), the samples where each channel of the target layer fires most (`Predictions.exemplars`).
     """
     k = min(max(topk, keep_k or topk), len(class_names))
     parts: dict[str, list] = {key: [] for key in ARRAYS}
@@ -190,6 +202,8 @@ def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, 
                     stats = _batch_statistics(logits.float(), labels[part], k, tracked)
                     stats["embeddings"] = features.take() if features is not None else \
                         np.zeros((len(logits), 0), dtype=np.float16)
+                    if exemplars is not None:
+                        exemplars.update(indices[part])
                     return stats
 
                 parts_of_batch = halving.run(len(batch.indices), classify)
@@ -203,7 +217,8 @@ def predict(model: nn.Module, batches: Iterable[Batch], preprocess: Preprocess, 
                 sample_ids += ids
             bar.advance(task, len(batch.indices) + len(batch.bad))
     joined = {key: np.concatenate(value) if value else _empty(key, k, 1 + len(tracked)) for key, value in parts.items()}
-    return Predictions(sample_ids=sample_ids, bad=bad, **joined)
+    return Predictions(sample_ids=sample_ids, bad=bad, exemplars=exemplars.exemplars if exemplars else None,
+                       **joined)
 
 
 def normalise(images: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:

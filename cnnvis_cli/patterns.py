@@ -184,6 +184,8 @@ ANALYSES: dict[str, str] = {
     "classes": "per true class, the mean predicted-class map of its correct and of its wrong predictions",
     "slices": "the test set clustered in the model's own features; the clusters where it fails, with their "
               "confusion and mean map (needs scikit-learn: pip install 'cnnvis[slices]')",
+    "channels": "for the most frequent confusions, the target layer's channels that carry most of the maps, "
+                "with the test-set patches that excite each most",
 }
 MAP_ANALYSES = ("groups", "confusions", "classes")  # those built from the maps alone
 TOP_CONFUSIONS = 10

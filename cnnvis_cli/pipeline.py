@@ -23,6 +23,7 @@ import torch
 from cnnvis_cli import __version__
 from cnnvis_cli.background import default_threads
 from cnnvis_cli.cache import FILES, PredictionCache, prediction_key
+from cnnvis_cli.channels import describe_channels
 from cnnvis_cli.config import RunConfig
 from cnnvis_cli.cost import explanation_estimates, say_estimates
 from cnnvis_cli.data import (
@@ -38,6 +39,7 @@ from cnnvis_cli.data import (
 from cnnvis_cli.device import device_of_rank, resolve_device
 from cnnvis_cli.embeddings import FeatureTap, classifier_head
 from cnnvis_cli.errors import UserError, for_terminal
+from cnnvis_cli.exemplars import ExemplarCollector
 from cnnvis_cli.explain import Explained, RenderOptions, case_targets, explain_cases
 from cnnvis_cli.fused import KEPT_FILE, Key, SharedForward, kept_bytes, kept_from_bytes, worth_sharing
 from cnnvis_cli.inference import (
@@ -216,15 +218,16 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
             mine = shard(len(indices), world.size, world.rank)
             part_csv = "predictions.csv" if world.size == 1 else f"{RANKS_DIR}/{world.rank}/predictions.csv"
             tap = FeatureTap(loaded.module, head) if "slices" in cfg.analysis else None
+            exemplars = ExemplarCollector(loaded.module, layers[0]) if "channels" in cfg.analysis else None
             with run_dir.csv_stream(part_csv, prediction_header(cfg.topk, source.extra_columns)) as csv, \
-                    tap or nullcontext():
+                    tap or nullcontext(), exemplars or nullcontext():
                 part = predict(
                     loaded.module, loader([indices[i] for i in mine], cfg.dataset.batch_size), loaded.preprocess,
                     device,
                     class_names=class_names, topk=cfg.topk, keep_k=keep_k, tracked=tracked, csv=csv,
                     extra_columns=source.extra_columns, amp=cfg.amp, total=len(mine),
                     show_progress=cfg.progress and world.main, sample_id=source.sample_id, strict=cfg.strict,
-                    forward=shared, features=tap,
+                    forward=shared, features=tap, exemplars=exemplars,
                 )
             parts = world.gather((part, shared.kept if shared is not None else None))
             if world.main:
@@ -362,6 +365,10 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
         summary["slices"] = describe_slices(
             find_slices(predictions.embeddings, predictions.labels, predictions.predicted, cfg.seed), predictions,
             class_names, features, collector, recorder.rows if recorder is not None else [], write_file)
+    if "channels" in cfg.analysis:
+        summary["channels"] = describe_channels(
+            loaded.module, layers[0], predictions, class_names, loaded.preprocess, source, device,
+            lambda chosen: loader(chosen, cfg.explain_batch_size), write_file)
     if collector is not None and set(cfg.analysis) & set(MAP_ANALYSES):
         summary["patterns"] = find_patterns(collector, [t.name for t in techniques], cfg.analysis, cfg.analysis_groups,
                                             cfg.seed, write_file)

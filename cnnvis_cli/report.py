@@ -288,6 +288,29 @@ def _counterfactual(summary: dict[str, Any]) -> str:
         f"{lines}</table>")
 
 
+def _channels(summary: dict[str, Any]) -> str:
+    """The channels the most frequent confusions rest on, with their test-set patches (analysis=[channels])."""
+    found = summary.get("channels")
+    if found is None:
+        return ""
+    parts = ["<h2>What the model sees there: channels and their examples</h2>",
+             f'<p class="facts">Layer {escape(found["layer"])}: for each frequent confusion, the channels with the '
+             "largest part in the predicted class's Grad-CAM maps of its wrong predictions (alpha x mean "
+             "activation), each with the test-set patches where it fires most, strongest first (each patch "
+             f"the {found.get('receptive_field', ['?', '?'])[0]} px receptive field of the layer's cell).</p>"]
+    if not found["confusions"]:
+        parts.append('<p class="facts">No confusion has 3 or more wrong predictions.</p>')
+    for item in found["confusions"]:
+        parts.append(f"<p><b>{escape(item['true'])} &rarr; {escape(item['predicted'])}</b> ({item['count']} wrong "
+                     f"predictions, {item['weighed']} weighed): the '{escape(item['predicted'])}' prediction rests on "
+                     f"channels {', '.join(str(channel['channel']) for channel in item['channels'])}, which fire on "
+                     "these patches:</p>")
+        parts += [f'<div class="group"><div><b>channel {channel["channel"]}</b> ({channel["share"]:.0%} of the '
+                  f'maps\' positive part)<br><img src="{escape(channel["patches"])}" alt="patches that excite '
+                  f'channel {channel["channel"]}"></div></div>' for channel in item["channels"]]
+    return "".join(parts)
+
+
 def _slices(summary: dict[str, Any]) -> str:
     """The slices of the test set where the model fails, when the run found them (analysis=[slices])."""
     found = summary.get("slices")
@@ -444,6 +467,10 @@ def _findings(summary: dict[str, Any], predictions: list[dict[str, str]]) -> lis
     for technique, regions in counterfactual.get("per_technique", {}).items():
         if "box" in regions:
             lines.append(_counterfactual_line(technique, "box", regions["box"], counterfactual))
+    for item in summary.get("channels", {}).get("confusions", [])[:1]:
+        lines.append(f"the '{escape(item['predicted'])}' predictions of true '{escape(item['true'])}' rest most on "
+                     f"channels {', '.join(str(channel['channel']) for channel in item['channels'])} of "
+                     f"{escape(summary['channels']['layer'])} (their patches below)")
     slices = summary.get("slices", {}).get("slices", [])
     if slices:
         top = slices[0]
@@ -538,6 +565,7 @@ def write_report(run: Path, summary: dict[str, Any] | None = None) -> Path:
         ("counterfactual", "does the region cause it?", _counterfactual(summary)),
         ("metrics", "heatmap metrics", _metrics(summary)),
         ("slices", "slices", _slices(summary)),
+        ("channels", "channels", _channels(summary)),
         ("patterns", "what the failures share", _patterns(summary)),
         ("sanity", "sanity check", _sanity(summary)),
         ("gallery-title", "gallery", _gallery(selected, run, reasons, truths, guesses)),
