@@ -565,7 +565,8 @@ def _list(argv: list[str]) -> int:
         from cnnvis_cli.patterns import ANALYSES
 
         _print_table(list(ANALYSES.items()))
-        print("\nanalysis=[groups,confusions,classes] adds them to a run (patterns/, summary.json, report)")
+        print("\nanalysis=[groups,confusions,classes,slices,channels] adds them to a run (patterns/, summary.json, "
+              "report)")
         return 0
     if what == "metrics":
         from cnnvis_cli.metrics import METRICS

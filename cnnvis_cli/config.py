@@ -187,7 +187,8 @@ class RunConfig:
     # pointing, energy, counterfactual
     metrics_steps: int = 20  # deletion and insertion: points on each curve after the start
     counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
-    analysis: list[str] = field(default_factory=list)  # what the failures share: groups, confusions, classes
+    analysis: list[str] = field(default_factory=list)  # what the failures share: groups, confusions, classes,
+    # slices, channels
     analysis_groups: int | None = None  # groups of maps; null: chosen by silhouette from 2 to 8
     sanity: bool = False  # model-parameter randomisation test of every technique (sanity.csv, report)
     sanity_samples: int = 16  # selected samples the sanity check explains
