@@ -256,7 +256,7 @@ REGION_WORDS = {"box": "the box its zoom shows", "top": "its top {top_percent:g}
 def _counterfactual_line(technique: str, region: str, found: dict[str, float], settings: dict[str, Any]) -> str:
     """One sentence of what hiding a map's region did to the wrong predictions, against the control."""
     words = REGION_WORDS[region].format(top_percent=settings.get("top_percent", 10))
-    return (f"{escape(technique)}: hiding {words} ({settings.get('fill', 'mean')} fill) turns "
+    return (f"{escape(technique)}: hiding {words} ({settings.get('fill', 'blurred')} fill) turns "
             f"<b>{found['hidden_to_true']} of {found['wrong']}</b> wrong predictions right and changes "
             f"{found['hidden_flips']}; hiding a random region of the same shape: {found['random_to_true']:g} and "
             f"{found['random_flips']:g} (mean of {settings.get('draws', 0)} draws)")
