@@ -85,3 +85,18 @@ def count_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(pipeline, "load_model", counting_load)
     return passes
+
+
+def forward_keeping(model, module, images):
+    """The model's logits on `images` (with gradients) and `module`'s output in that pass, so a test can take
+    gradients with respect to the layer by hand."""
+    import torch
+
+    kept = []
+    handle = module.register_forward_hook(lambda _m, _i, output: kept.append(output))
+    try:
+        with torch.enable_grad():
+            logits = model(images.clone().requires_grad_(True))
+    finally:
+        handle.remove()
+    return logits, kept[-1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_config
+from helpers import forward_keeping, run_config
 from torch import nn
 
 from cnnvis_cli.exemplars import TOP, ExemplarCollector, Exemplars, channel_shares, merge_exemplars, receptive_field
@@ -72,14 +72,9 @@ def test_channel_shares_add_up_to_the_mean_of_the_grad_cam_map_before_its_relu()
                           nn.Linear(5, 3)).eval().requires_grad_(False)
     images = torch.randn(2, 3, 6, 6)
     shares = channel_shares(model, "1", images, torch.arange(2), torch.tensor([2, 0]))
-    kept = []
-    handle = model[1].register_forward_hook(lambda _m, _i, output: kept.append(output))
-    with torch.enable_grad():
-        inputs = images.clone().requires_grad_(True)
-        logits = model(inputs)
-    handle.remove()
-    gradient, = torch.autograd.grad(logits[0, 2] + logits[1, 0], kept[0])
-    cam = (gradient.mean(dim=(2, 3), keepdim=True) * kept[0]).sum(dim=1)
+    logits, activation = forward_keeping(model, model[1], images)
+    gradient, = torch.autograd.grad(logits[0, 2] + logits[1, 0], activation)
+    cam = (gradient.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1)
     torch.testing.assert_close(shares.sum(dim=1), cam.mean(dim=(1, 2)).detach(), rtol=1e-4, atol=1e-6)
 
 

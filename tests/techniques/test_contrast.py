@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import run_config
+from helpers import forward_keeping, run_config
 from torch import nn
 
 from cnnvis_cli.explain import explain_targets
@@ -47,13 +47,7 @@ def test_grad_cam_of_a_contrast_is_the_contrastive_grad_cam_written_out() -> Non
     model, images = small_cnn(), torch.randn(2, 3, 12, 12)
     technique = TECHNIQUES["gradcam"](model, ["2"])
     ours = explain(technique, images, [(0, Target(3, "contrast", 0)), (1, Target(1, "contrast", 2))]).maps
-    kept = []
-    handle = model[2].register_forward_hook(lambda _m, _i, output: kept.append(output))
-    with torch.enable_grad():
-        inputs = images.clone().requires_grad_(True)
-        logits = model(inputs)
-    handle.remove()
-    activation = kept[0]
+    logits, activation = forward_keeping(model, model[2], images)
     difference = (logits[0, 3] - logits[0, 0]) + (logits[1, 1] - logits[1, 2])
     gradient = torch.autograd.grad(difference, activation)[0]
     cam = F.relu((gradient.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1, keepdim=True))
