@@ -31,6 +31,8 @@ commands:
                            --help, --cfg job, -m, -cd DIR, --info); `cnnvis run` alone runs the demo
   list {{{'|'.join(LISTABLE)}}} [OVERRIDES]
                            show what can be chosen; `cnnvis list layers model=vgg16`
+  visualise [OVERRIDES]    images that drive the model's classes, channels or neurons (feature visualisation):
+                           `cnnvis visualise visualise.what=channels visualise.layer=features.6`
   report RUN_DIR           rebuild a run's report.html; given a sweep's folder (outputs/multirun/...),
                            one page that compares its jobs side by side
   demo train [--help]      retrain the embedded demo model
@@ -99,9 +101,11 @@ def _command(command: str, rest: list[str]) -> int:
         return _list(rest)
     if command == "report":
         return _report_command(rest)
+    if command in ("visualise", "visualize"):
+        return _visualise(rest)
     if command == "demo":
         return _demo(rest)
-    raise unknown_name("command", command, ("run", "list", "report", "demo"), "cnnvis --help")
+    raise unknown_name("command", command, ("run", "list", "visualise", "report", "demo"), "cnnvis --help")
 
 
 def fail(error: UserError) -> int:
@@ -188,6 +192,61 @@ def _run(argv: list[str]) -> int:
     finally:
         sys.argv = saved_argv
     return 0
+
+
+VISUALISE_DIR = "outputs/visualise/${now:%Y-%m-%d}/${now:%H-%M-%S}"
+
+
+def _visualise(argv: list[str]) -> int:
+    """`cnnvis visualise`: the run's config (model, dataset, device, seed) and its `visualise` section, in a
+    folder of its own under outputs/visualise/."""
+    if "-m" in argv or "--multirun" in argv:
+        raise UserError("cnnvis visualise renders one config at a time; for several, call it once for each")
+    register_schema()
+    argv = prepare_overrides(argv)
+    check_overrides(argv)
+    folder = _override_value(argv, "hydra.run.dir")
+    if folder:
+        _require_makeable("hydra.run.dir", Path(folder).expanduser().resolve())
+        refuse_if_held(Path(folder).expanduser().resolve())
+    else:
+        argv = [*argv, f"hydra.run.dir={VISUALISE_DIR}"]
+    existing = Path(folder).expanduser().resolve() if folder and Path(folder).expanduser().exists() else None
+    saved_argv = sys.argv
+    sys.argv = ["cnnvis visualise", *argv, "hydra.callbacks={}", "hydra.help.app_name=cnnvis visualise"]
+    try:
+        _visualise_app(existing)()
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
+def _visualise_app(existing: Path | None):
+    import hydra
+    from omegaconf import DictConfig
+
+    @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+    def cnnvis_visualise(cfg: DictConfig) -> None:
+        import logging
+
+        from hydra.core.hydra_config import HydraConfig
+
+        from cnnvis_cli.checks import load_run_config
+        from cnnvis_cli.visualise.command import visualise
+
+        output_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            with stdout_to_stderr():
+                summary = visualise(load_run_config(cfg), output_dir)
+        except UserError as error:
+            if output_dir.resolve() != existing:
+                discard_unused(output_dir, below=Path.cwd())
+            sys.exit(fail(error))
+        logging.getLogger("cnnvis").info("%s; %.1f s on %s; results in %s", summary["headline"], summary["seconds"],
+                                         summary["device"], output_dir)
+        emit([str(output_dir)])
+
+    return cnnvis_visualise
 
 
 def rank_overrides(argv: list[str], world) -> list[str]:

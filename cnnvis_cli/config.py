@@ -126,6 +126,13 @@ class LrpConfig:
 
 
 @dataclass
+class FlipConfig:
+    norm: str = "l2"  # l2 | linf: how the size of the change is measured
+    budget: float | None = None  # null: 3.0 (L2, at 224 x 224 px, scaled with the side) or 8/255 (L-inf)
+    steps: int = 50  # PGD steps; a row stops at the first that flips it
+
+
+@dataclass
 class TechniqueConfig:
     """Which explanation methods to run, and their options."""
 
@@ -139,6 +146,7 @@ class TechniqueConfig:
     rise: RiseConfig = field(default_factory=RiseConfig)
     scorecam: ScoreCamConfig = field(default_factory=ScoreCamConfig)
     lrp: LrpConfig = field(default_factory=LrpConfig)
+    flip: FlipConfig = field(default_factory=FlipConfig)
 
 
 @dataclass
@@ -162,6 +170,37 @@ class CounterfactualConfig:
     fill: str = "blurred"  # what hides a region: blurred | mean (colour) | black | noise (technique.occlusion.fill's)
     top_percent: float = 10.0  # the second region: the map's highest pixels, this percent of the image
     draws: int = 5  # the control: random regions of the same shape hidden per map
+
+
+VISUALISE_KINDS = ("classes", "channels", "neurons", "dream", "invert")
+
+
+@dataclass
+class VisualiseConfig:
+    """`cnnvis visualise`: images optimised to drive classes, channels or neurons (Olah et al., 2017)."""
+
+    what: str = "classes"  # classes | channels | neurons | dream | invert
+    layer: str | None = None  # channels, neurons, dream: a layer of `cnnvis list layers`; null: the target layer
+    units: list[str] = field(default_factory=list)  # class names or indices, or channel indices; []: every class
+    # (the first 16), the layer's first 8 channels, or (dream) the whole layer
+    layers: list[str] = field(default_factory=list)  # invert: the layers; []: 6 spread from first to last
+    image: str | None = None  # dream, invert: an image file; null: the test set's first image
+    images_per_unit: int = 1  # more than 1: different images per unit, pushed apart by the diversity term
+    diversity: float = 1.0  # weight of the diversity term
+    steps: int | None = None  # null: 256 Adam steps (classes, channels, neurons), 400 (invert), 10 per octave (dream)
+    lr: float = 0.05
+    size: int | None = None  # pixels per side; null: the model's input size
+    jitter: float = 12.0  # random shift per step, in pixels at 224 px (scaled with the size)
+    scale: list[float] = field(default_factory=lambda: [0.9, 1.1])  # random scale per step: low, high
+    rotate: float = 10.0  # random rotation per step, in degrees either way
+    fourier: bool = True  # the image as a 1/f-scaled Fourier spectrum; false: plain pixels
+    decorrelate: bool = True  # colours through ImageNet's colour correlation; false: plain RGB
+    reference: int = 256  # test-set images that show what real images reach (each objective's 99th percentile)
+    checks: int = 32  # random transformations under which each class image is classified again
+    octaves: int = 4  # dream: scales, each octave_scale times the last
+    octave_scale: float = 1.4
+    alpha_norm: float = 0.01  # invert: weight of the alpha-norm (a = 6) regulariser
+    total_variation: float = 0.01  # invert: weight of the total variation (b = 2) regulariser
 
 
 @dataclass
@@ -199,6 +238,7 @@ class RunConfig:
     progress: bool = True
     devices: int = 1  # processes this run spawns on this machine, one per GPU (or CPU share); see world.py
     rank_timeout: float = 60.0  # seconds without a heartbeat after which a run over many processes stops
+    visualise: VisualiseConfig = field(default_factory=VisualiseConfig)  # `cnnvis visualise`
 
     @property
     def techniques(self) -> list[str]:
@@ -243,10 +283,32 @@ def expand_paths(cfg: RunConfig) -> None:
             setattr(holder, name, os.path.expanduser(value))
 
 
+def _check_visualise(cfg: VisualiseConfig) -> None:
+    _check_choice("visualise.what", cfg.what, VISUALISE_KINDS)
+    if len(cfg.scale) != 2 or not 0 < cfg.scale[0] <= cfg.scale[1]:
+        raise UserError(f"visualise.scale={list(cfg.scale)} must be [low, high] with 0 < low <= high, e.g. [0.9,1.1]")
+    if cfg.lr <= 0:
+        raise UserError(f"visualise.lr={cfg.lr} must be positive, e.g. 0.05")
+    if cfg.size is not None and cfg.size < 16:
+        raise UserError(f"visualise.size={cfg.size} must be at least 16 pixels, or null for the model's input size")
+    if cfg.octave_scale < 1:
+        raise UserError(f"visualise.octave_scale={cfg.octave_scale} must be at least 1, e.g. 1.4")
+    for key, value in (("visualise.jitter", cfg.jitter), ("visualise.alpha_norm", cfg.alpha_norm),
+                       ("visualise.total_variation", cfg.total_variation), ("visualise.rotate", cfg.rotate),
+                       ("visualise.diversity", cfg.diversity), ("visualise.reference", cfg.reference),
+                       ("visualise.checks", cfg.checks)):
+        if value < 0:
+            raise UserError(f"{key}={value} must be 0 or more")
+
+
 def check_values(cfg: RunConfig) -> None:
     """The rules on values that a schema cannot express: ranges and choices."""
     _check_choice("device", cfg.device, DEVICES)
     _check_choice("stdout", cfg.stdout, STDOUT_MODES)
+    _check_visualise(cfg.visualise)
+    _check_choice("technique.flip.norm", cfg.technique.flip.norm, ("l2", "linf"))
+    if cfg.technique.flip.budget is not None and cfg.technique.flip.budget <= 0:
+        raise UserError(f"technique.flip.budget={cfg.technique.flip.budget} must be positive, or null for the default")
     _check_choice("selection.mode", cfg.selection.mode, SELECTION_MODES)
     _check_choice("selection.order", cfg.selection.order, SELECTION_ORDERS)
     _check_choice("render.colormap", cfg.render.colormap, COLORMAPS)
@@ -281,6 +343,10 @@ def check_values(cfg: RunConfig) -> None:
         ("sanity_samples", cfg.sanity_samples),
         ("sanity_stages", cfg.sanity_stages),
         ("rank_timeout", cfg.rank_timeout),
+        ("visualise.images_per_unit", cfg.visualise.images_per_unit),
+        ("visualise.steps", cfg.visualise.steps or 1),
+        ("visualise.octaves", cfg.visualise.octaves),
+        ("technique.flip.steps", cfg.technique.flip.steps),
     ):
         if value < 1:
             raise UserError(f"{key}={value} must be at least 1")

@@ -456,6 +456,16 @@ def imagenet_wnids() -> list[str]:
     return (resources.files("cnnvis_cli") / "imagenet_wnids.txt").read_text().split()
 
 
+def model_geometry(preprocess: Preprocess) -> transforms.Compose:
+    """A PIL image to the uint8 3 x H x W tensor the model sees, as the weights' own transforms() do it."""
+    return transforms.Compose([
+        transforms.Resize(preprocess.resize_size, transforms.InterpolationMode(preprocess.interpolation),
+                          antialias=True),
+        transforms.CenterCrop(preprocess.input_size),
+        transforms.PILToTensor(),
+    ])
+
+
 class SampleSet(Dataset):
     """A source seen through the model's geometry: items are (uint8 3xHxW tensor, label, index)."""
 
@@ -464,12 +474,7 @@ class SampleSet(Dataset):
         self.source = source
         self.indices = list(indices)
         self.label_map = label_map
-        self.geometry = transforms.Compose([  # as the weights' own transforms() do it to a PIL image
-            transforms.Resize(preprocess.resize_size, transforms.InterpolationMode(preprocess.interpolation),
-                              antialias=True),
-            transforms.CenterCrop(preprocess.input_size),
-            transforms.PILToTensor(),
-        ])
+        self.geometry = model_geometry(preprocess)
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -186,6 +186,8 @@ ANALYSES: dict[str, str] = {
               "confusion and mean map (needs scikit-learn: pip install 'cnnvis[slices]')",
     "channels": "for the most frequent confusions, the target layer's channels that carry most of the maps, "
                 "with the test-set patches that excite each most",
+    "class_images": "for the most frequent confusions, the class images of both classes (feature visualisation, "
+                    "visualise.* settings), and with channels, the images of their channels",
 }
 MAP_ANALYSES = ("groups", "confusions", "classes")  # those built from the maps alone
 TOP_CONFUSIONS = 10

@@ -369,6 +369,15 @@ def _run(cfg: RunConfig, run_dir: RunDir, stages: Stages, world: World) -> RunRe
         summary["channels"] = describe_channels(
             loaded.module, layers[0], predictions, class_names, loaded.preprocess, source, device,
             lambda chosen: loader(chosen, cfg.explain_batch_size), write_file)
+    if "class_images" in cfg.analysis:
+        from cnnvis_cli.visualise.confusions import describe_class_images
+        from cnnvis_cli.visualise.render import Pixels
+
+        summary["class_images"] = describe_class_images(
+            loaded.module, predictions, class_names, size=cfg.visualise.size or loaded.preprocess.input_size,
+            pixels=Pixels(loaded.preprocess.mean, loaded.preprocess.std), layer=layers[0],
+            layouts={info.name: info.layout for info in loaded.layers}, channels=summary.get("channels"),
+            options=cfg.visualise, seed=cfg.seed, progress=cfg.progress, write=write_file)
     if collector is not None and set(cfg.analysis) & set(MAP_ANALYSES):
         summary["patterns"] = find_patterns(collector, [t.name for t in techniques], cfg.analysis, cfg.analysis_groups,
                                             cfg.seed, write_file)

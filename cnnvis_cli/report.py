@@ -54,6 +54,8 @@ a.confusion { cursor: pointer; }
 .group img.mean, .means img { width: 128px; height: 128px; }
 img.thumb { width: 72px; height: 72px; margin: 0 4px 4px 0; }
 .means { display: flex; flex-wrap: wrap; gap: 12px; } .means figure { margin: 0; font-size: 12px; width: 128px; }
+.visualised-row { display: flex; flex-wrap: wrap; gap: 12px; } .visualised-row figure { margin: 0; font-size: 12px; }
+img.visualised { width: 192px; height: 192px; image-rendering: auto; }
 """
 
 SCRIPT = """
@@ -308,6 +310,30 @@ def _channels(summary: dict[str, Any]) -> str:
         parts += [f'<div class="group"><div><b>channel {channel["channel"]}</b> ({channel["share"]:.0%} of the '
                   f'maps\' positive part)<br><img src="{escape(channel["patches"])}" alt="patches that excite '
                   f'channel {channel["channel"]}"></div></div>' for channel in item["channels"]]
+    return "".join(parts)
+
+
+def _class_images(summary: dict[str, Any]) -> str:
+    """The class images of the most frequent confusions, and of their channels (analysis=[class_images])."""
+    found = summary.get("class_images")
+    if found is None:
+        return ""
+    parts = ["<h2>What the model has learned: class images of the confusions</h2>",
+             f'<p class="facts">Images optimised to drive each class\'s score ({found["steps"]} steps at '
+             f'{found["size"]} px; Olah et al., 2017): what the model takes for that class, wherever it sits in the '
+             "image. With analysis=[channels], the images that drive the channels the confusion's maps rest on "
+             f'(layer {escape(found["layer"])}).</p>']
+    if not found["confusions"]:
+        parts.append('<p class="facts">No confusion has 3 or more wrong predictions.</p>')
+    for item in found["confusions"]:
+        tiles = [(f"true: {item['true']}", item["true_image"]), (f"predicted: {item['predicted']}",
+                                                                  item["predicted_image"])]
+        tiles += [(f"channel {channel['channel']}", channel["image"]) for channel in item["channels"]]
+        parts.append(f"<p><b>{escape(item['true'])} &rarr; {escape(item['predicted'])}</b> "
+                     f"({item['count']} wrong predictions)</p>")
+        parts.append('<div class="visualised-row">' + "".join(
+            f'<figure><img class="visualised" src="{escape(path)}" alt="{escape(caption)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>" for caption, path in tiles) + "</div>")
     return "".join(parts)
 
 
@@ -566,6 +592,7 @@ def write_report(run: Path, summary: dict[str, Any] | None = None) -> Path:
         ("metrics", "heatmap metrics", _metrics(summary)),
         ("slices", "slices", _slices(summary)),
         ("channels", "channels", _channels(summary)),
+        ("class-images", "class images", _class_images(summary)),
         ("patterns", "what the failures share", _patterns(summary)),
         ("sanity", "sanity check", _sanity(summary)),
         ("gallery-title", "gallery", _gallery(selected, run, reasons, truths, guesses)),

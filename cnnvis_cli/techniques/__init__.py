@@ -6,6 +6,7 @@ from cnnvis_cli.techniques.attention import AttentionGradient, AttentionRollout
 from cnnvis_cli.techniques.attribution import GradientXInput, InputGradient, Saliency
 from cnnvis_cli.techniques.base import NORMALISATION, Explanation, Technique, TechniqueContext
 from cnnvis_cli.techniques.eigen import EigenCAM
+from cnnvis_cli.techniques.flip import Flip
 from cnnvis_cli.techniques.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from cnnvis_cli.techniques.guided import GuidedBackprop, GuidedGradCAM
 from cnnvis_cli.techniques.integrated import IntegratedGradients
@@ -20,7 +21,7 @@ TECHNIQUES: dict[str, type[Technique]] = {
     for technique in (
         GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, ScoreCAM, AblationCAM, EigenCAM,
         Saliency, GradientXInput, GuidedBackprop, GuidedGradCAM, IntegratedGradients,
-        Occlusion, RISE, LRP, AttentionRollout, AttentionGradient,
+        Occlusion, RISE, LRP, Flip, AttentionRollout, AttentionGradient,
     )
 }
 # option files that configure a registered technique rather than add one
