@@ -231,13 +231,15 @@ def _visualise_app(existing: Path | None):
 
         from hydra.core.hydra_config import HydraConfig
 
-        from cnnvis_cli.checks import load_run_config
+        from cnnvis_cli.checks import check_paths, load_run_config
         from cnnvis_cli.visualise.command import visualise
 
         output_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
+            run_config = load_run_config(cfg)
+            check_paths(run_config)
             with stdout_to_stderr():
-                summary = visualise(load_run_config(cfg), output_dir)
+                summary = visualise(run_config, output_dir)
         except UserError as error:
             if output_dir.resolve() != existing:
                 discard_unused(output_dir, below=Path.cwd())

@@ -7,8 +7,9 @@ away from it. Each step moves by 2.5 budget / steps along the normalised gradien
 is projected back into the budget ball and into [0, 1] (a value already outside it can only move back),
 and a row stops at the first step where the model predicts its class (or, away, anything else): the change
 is as small as this search finds, not the budget. The map is the change's size per pixel (its L2 norm over
-the colour channels); the signed map its sum over them. `flip_towards` also says which rows reached their
-class within the budget.
+the colour channels), unsigned (a change that brightens and one that darkens count alike), blurred by a
+Gaussian of 1.5% of the image's side so that a change scattered over single pixels reads as its region. `flip_towards`
+also says which rows reached their class within the budget.
 
 The attack is a screen of code rather than torchattacks': a per-row stop at the first flip, which the
 smallest change needs, and inputs in the model's normalised space are its own here.
@@ -16,18 +17,20 @@ smallest change needs, and inputs in the model's normalised space are its own he
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.functional import gaussian_blur
 
-from cnnvis_cli.techniques.attribution import SignedTechnique
-from cnnvis_cli.techniques.base import TechniqueContext
+from cnnvis_cli.techniques.base import Explanation, Technique, TechniqueContext, normalise_maps
 
 NORMS = ("l2", "linf")
 DEFAULT_BUDGET = {"l2": 3.0, "linf": 8 / 255}  # L2: at 224 x 224 px, scaled with the side; L-inf: per value
 REFERENCE_SIDE = 224
+SMOOTHING = 0.015  # the map's Gaussian blur, as a share of the image's side (1.4 px at 96 px)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,14 @@ def flip_towards(model: nn.Module, pixels: torch.Tensor, targets: torch.Tensor, 
     return Flipped(change, reached)
 
 
+def smoothed(maps: torch.Tensor) -> torch.Tensor:
+    """R x H x W maps blurred by a Gaussian of SMOOTHING times the image's side, so that a change scattered
+    over single pixels reads as the region it lies in."""
+    sigma = max(SMOOTHING * max(maps.shape[-2:]), 0.5)
+    side = 2 * math.ceil(3 * sigma) + 1
+    return gaussian_blur(maps[:, None], [side, side], [sigma, sigma])[:, 0]
+
+
 def _project(change: torch.Tensor, norm: str, budget: float) -> torch.Tensor:
     if norm == "l2":
         size = change.flatten(1).norm(dim=1).clamp_min(1e-12)
@@ -91,7 +102,7 @@ def _project(change: torch.Tensor, norm: str, budget: float) -> torch.Tensor:
     return change.clamp(-budget, budget)
 
 
-class Flip(SignedTechnique):
+class Flip(Technique):
     name = "flip"
     summary = "Flip (PGD, Madry et al., 2018): the smallest change found that makes the model predict the target"
     cost = "up to S forwards + S backwards to the input (S = technique.flip.steps)"
@@ -111,7 +122,12 @@ class Flip(SignedTechnique):
     def passes_per_image(self, example: torch.Tensor) -> int:
         return 1 + 3 * self.steps
 
-    def attribute(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _explain(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> Explanation:
+        size = self.change(images, image_rows, targets).norm(dim=1)
+        return Explanation(normalise_maps(smoothed(size)))
+
+    def change(self, images: torch.Tensor, image_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each row's change (R x C x H x W, pixel units), found with the model in eval mode."""
         mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
         pixels = images[image_rows] * std + mean
@@ -119,6 +135,3 @@ class Flip(SignedTechnique):
         flipped = flip_towards(self.model, pixels, targets, mean=mean, std=std, norm=self.norm,
                                budget=budget_for(self.norm, self.budget, height, width), steps=self.steps)
         return flipped.change
-
-    def heat(self, attribution: torch.Tensor, signed: torch.Tensor) -> torch.Tensor:
-        return attribution.norm(dim=1)

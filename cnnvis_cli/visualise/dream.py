@@ -25,13 +25,13 @@ from cnnvis_cli.visualise.render import Pixels
 
 @dataclass(frozen=True)
 class DreamSettings:
-    """The notebook's defaults: 4 octaves 1.4 apart, step 1.5 / 255 of the image's range per iteration on a
-    normalised gradient, jitter of 32 px at 224 px."""
+    """The notebook's defaults: 4 octaves 1.4 apart, 10 steps each of 1.5 grey levels (of 255) along the
+    normalised gradient, a jitter of up to 32 px at 224 px."""
 
     octaves: int = 4
     octave_scale: float = 1.4
     steps: int = 10  # per octave
-    step_size: float = 1.5 / 255 * 4
+    step_size: float = 1.5 / 255
     jitter: int = 32
 
 
