@@ -33,6 +33,8 @@ commands:
                            show what can be chosen; `cnnvis list layers model=vgg16`
   visualise [OVERRIDES]    images that drive the model's classes, channels or neurons (feature visualisation):
                            `cnnvis visualise visualise.what=channels visualise.layer=features.6`
+  export RUN_DIR --to fiftyone [--name NAME] [--overwrite]
+                           the run as a FiftyOne dataset, to browse its failures in the FiftyOne app
   report RUN_DIR           rebuild a run's report.html; given a sweep's folder (outputs/multirun/...),
                            one page that compares its jobs side by side
   demo train [--help]      retrain the embedded demo model
@@ -103,9 +105,12 @@ def _command(command: str, rest: list[str]) -> int:
         return _report_command(rest)
     if command in ("visualise", "visualize"):
         return _visualise(rest)
+    if command == "export":
+        return _export(rest)
     if command == "demo":
         return _demo(rest)
-    raise unknown_name("command", command, ("run", "list", "visualise", "report", "demo"), "cnnvis --help")
+    raise unknown_name("command", command, ("run", "list", "visualise", "export", "report", "demo"),
+                       "cnnvis --help")
 
 
 def fail(error: UserError) -> int:
@@ -123,6 +128,31 @@ def _report_command(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0].startswith("-"):
         raise UserError("usage: cnnvis report RUN_DIR (a run directory, or a sweep's folder of job directories)")
     print(build_report(Path(argv[0]).expanduser()))
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    """`cnnvis export RUN_DIR --to fiftyone`: the dataset's name on standard output."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="cnnvis export", description="a run as a FiftyOne dataset")
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--to", required=True, choices=["fiftyone"])
+    parser.add_argument("--name", help="the dataset's name (default: cnnvis-DATE-TIME of the run)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a dataset of that name")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # argparse's usage line is on standard error already
+        if stop.code:
+            raise UserError("usage: cnnvis export RUN_DIR --to fiftyone [--name NAME] [--overwrite]") from None
+        return 0
+    from cnnvis_cli.export import export_to_fiftyone
+
+    with stdout_to_stderr():
+        name, samples, heatmaps = export_to_fiftyone(Path(args.run_dir), args.name, args.overwrite)
+    print(f"cnnvis: {samples} samples and {heatmaps} heatmaps in the FiftyOne dataset {name}; browse it with: "
+          f"fiftyone app launch {name}", file=sys.stderr)
+    emit([name])
     return 0
 
 
