@@ -15,6 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from cnnvis_cli import __version__
 from cnnvis_cli.errors import UserError, first_line, for_terminal, unknown_name
@@ -135,16 +136,18 @@ def _export(argv: list[str]) -> int:
     """`cnnvis export RUN_DIR --to fiftyone`: the dataset's name on standard output."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="cnnvis export", description="a run as a FiftyOne dataset")
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:  # one line, exit code 2, as every mistake
+            raise UserError(f"{message}; usage: cnnvis export RUN_DIR --to fiftyone [--name NAME] [--overwrite]")
+
+    parser = Parser(prog="cnnvis export", description="a run as a FiftyOne dataset")
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--to", required=True, choices=["fiftyone"])
     parser.add_argument("--name", help="the dataset's name (default: cnnvis-DATE-TIME of the run)")
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset of that name")
     try:
         args = parser.parse_args(argv)
-    except SystemExit as stop:  # argparse's usage line is on standard error already
-        if stop.code:
-            raise UserError("usage: cnnvis export RUN_DIR --to fiftyone [--name NAME] [--overwrite]") from None
+    except SystemExit:  # --help, printed
         return 0
     from cnnvis_cli.export import export_to_fiftyone
 

@@ -90,3 +90,12 @@ def test_each_saved_map_becomes_the_field_of_its_role(tmp_path: Path, target: st
     if target == "tabby":  # a right prediction's one map is both its predicted and its true class's
         both = _heatmap_fields(found[42], {"predicted_name": "tabby", "label_name": "tabby"})
         assert list(both) == ["gradcam_pred", "gradcam_true"]
+
+
+def test_a_wrong_export_command_is_one_line_with_the_usage(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from cnnvis_cli.cli import main
+
+    assert main(["export", str(tmp_path), "--to", "parquet"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("cnnvis: error: argument --to: invalid choice: 'parquet'")
+    assert error[0].endswith("; usage: cnnvis export RUN_DIR --to fiftyone [--name NAME] [--overwrite]")
