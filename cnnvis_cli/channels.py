@@ -32,9 +32,7 @@ def describe_channels(model: nn.Module, layer: str, predictions: Predictions, cl
     exemplars = predictions.exemplars
     if exemplars is None:
         return {"layer": layer, "confusions": []}
-    wrong = np.flatnonzero(predictions.labelled & ~predictions.correct)
-    cells = Counter((int(predictions.labels[row]), int(predictions.predicted[row])) for row in wrong)
-    chosen = [cell for cell, count in cells.most_common(CONFUSIONS) if count >= MIN_MEMBERS]
+    wrong, cells, chosen = frequent_confusions(predictions)
     field = receptive_field(model, layer, preprocess.input_size)
     described, drawn = [], {}
     for true, guessed in chosen:
@@ -55,6 +53,14 @@ def describe_channels(model: nn.Module, layer: str, predictions: Predictions, cl
                           "samples": [int(i) for i in exemplars.indices[channel] if i >= 0]} for channel in top],
         })
     return {"layer": layer, "receptive_field": list(field), "confusions": described}
+
+
+def frequent_confusions(predictions: Predictions) -> tuple[np.ndarray, Counter, list[tuple[int, int]]]:
+    """The wrong predictions' rows, their count per (true, predicted) cell, and the CONFUSIONS most frequent
+    cells with at least MIN_MEMBERS of them."""
+    wrong = np.flatnonzero(predictions.labelled & ~predictions.correct)
+    cells = Counter((int(predictions.labels[row]), int(predictions.predicted[row])) for row in wrong)
+    return wrong, cells, [cell for cell, count in cells.most_common(CONFUSIONS) if count >= MIN_MEMBERS]
 
 
 def _mean_shares(model: nn.Module, layer: str, indices: list[int], target: int, preprocess: Preprocess,

@@ -5,21 +5,18 @@ batch of objectives: one optimisation, whatever their number."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
 from torch import nn
 
+from cnnvis_cli.channels import frequent_confusions
 from cnnvis_cli.config import VisualiseConfig
 from cnnvis_cli.inference import Predictions
 from cnnvis_cli.layouts import Layout
 from cnnvis_cli.render import encode_png
 from cnnvis_cli.visualise.objectives import Objective
 from cnnvis_cli.visualise.render import Pixels, render, render_settings
-
-CONFUSIONS = 3  # the most frequent confusions shown, as analysis=[channels] describes them
-MIN_MEMBERS = 3
 
 
 def describe_class_images(model: nn.Module, predictions: Predictions, class_names: list[str], *, size: int,
@@ -28,18 +25,16 @@ def describe_class_images(model: nn.Module, predictions: Predictions, class_name
                           write: Callable[[str, bytes], str]) -> dict:
     """What summary.json and the report say: per frequent confusion, its two class images and the images of
     its channels (patterns/class_images/)."""
-    wrong = np.flatnonzero(predictions.labelled & ~predictions.correct)
-    cells = Counter((int(predictions.labels[row]), int(predictions.predicted[row])) for row in wrong)
-    chosen = [cell for cell, count in cells.most_common(CONFUSIONS) if count >= MIN_MEMBERS]
+    _, cells, chosen = frequent_confusions(predictions)
     classes = sorted({index for cell in chosen for index in cell})
     carried = {(item["true"], item["predicted"]): [channel["channel"] for channel in item["channels"]]
                for item in (channels or {}).get("confusions", [])}
     units = sorted({channel for found in carried.values() for channel in found})
     objectives = [Objective("class", index, label=class_names[index]) for index in classes] + \
         [Objective("channel", unit, layer, layouts[layer]) for unit in units]
-    if not objectives:
-        return {"confusions": [], "layer": layer}
     settings = render_settings(options)
+    if not objectives:
+        return {"layer": layer, "size": size, "steps": settings.steps, "confusions": []}
     rendering = render(model, objectives, size=size, pixels=pixels, settings=settings, seed=seed, layouts=layouts,
                        diversity_layer=layer, progress=progress)
     pictures = (rendering.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)

@@ -32,3 +32,10 @@ def test_a_run_shows_the_class_images_of_its_confusions_and_their_channels(tmp_p
     report = (tmp_path / "report.html").read_text()
     assert "What the model has learned: class images of the confusions" in report
     assert f'src="{found["confusions"][0]["predicted_image"]}"' in report
+
+
+def test_a_run_without_a_frequent_confusion_says_so(tmp_path: Path) -> None:
+    result = run(run_config("analysis=[class_images]", "dataset.limit=12", "visualise.steps=4",
+                            "render.panels=false"), tmp_path)
+    assert result.summary["class_images"] == {"layer": "features", "size": 96, "steps": 4, "confusions": []}
+    assert "No confusion has 3 or more wrong predictions." in (tmp_path / "report.html").read_text()
